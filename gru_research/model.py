@@ -1,0 +1,227 @@
+"""The model: embed → gated RNN layers → readout, as a params pytree and as Flax modules.
+
+Two stacks (``ModelConfig.block``):
+
+* ``"plain"``: recurrent layers fed one into the next, as in the classic papers;
+* ``"residual"``: the block of Feng et al.'s code (BorealisAI/minRNNs ``models/model.py``):
+  x ← x + RNN(RMSNorm(x)); x ← x + FF(RMSNorm(x)) per layer, then RMSNorm before the readout.
+
+The functional form (:func:`init_model`, :func:`apply_model`) is a pure function of a params
+pytree, so it works directly under ``jax.jit``, ``jax.grad`` and ``jax.vmap``.
+:func:`init_population` and :func:`over_seeds` put a leading seed axis on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gru_research.cells import Carry, Params, cell_apply, init_layer, zero_carry
+from gru_research.gates import GateDesign, get_design
+from gru_research.scan import ScanKind, resolve_scan, run_layer
+
+Array = jax.Array
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole model. ``vocab_size`` set: token inputs through an embedding of width
+    ``hidden_size``; unset: ``input_size`` real-valued features per step."""
+
+    cell: str | GateDesign = "gru"
+    input_size: int = 1
+    hidden_size: int = 128
+    output_size: int = 1
+    num_layers: int = 1
+    vocab_size: int | None = None
+    block: Literal["plain", "residual"] = "plain"
+    ff_mult: int = 4
+    scan: ScanKind = "auto"
+
+    def __post_init__(self) -> None:
+        get_design(self.cell)
+        resolve_scan(self.design, self.scan)
+        for name in ("input_size", "hidden_size", "output_size", "num_layers", "ff_mult"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.block not in ("plain", "residual"):
+            raise ValueError(f"unknown block {self.block!r}; valid blocks: plain, residual")
+
+    @property
+    def design(self) -> GateDesign:
+        return get_design(self.cell)
+
+    @property
+    def feature_size(self) -> int:
+        """Width of what the first layer (plain) or the input projection (residual) reads."""
+        return self.hidden_size if self.vocab_size else self.input_size
+
+
+def _dense(key: Array, fan_in: int, fan_out: int) -> Params:
+    return {
+        "w": jax.nn.initializers.lecun_normal()(key, (fan_in, fan_out)),
+        "b": jnp.zeros((fan_out,)),
+    }
+
+
+def _apply_dense(p: Params, x: Array) -> Array:
+    return x @ p["w"] + p["b"]
+
+
+def rms_norm(scale: Array, x: Array, eps: float = 1e-6) -> Array:
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale
+
+
+def init_model(key: Array, config: ModelConfig) -> Params:
+    """Parameters of the whole model for one seed."""
+    design, H = config.design, config.hidden_size
+    k_embed, k_in, k_out, *k_layers = jax.random.split(key, 3 + config.num_layers)
+    params: Params = {}
+    if config.vocab_size:
+        params["embed"] = jax.random.normal(k_embed, (config.vocab_size, H))
+    if config.block == "plain":
+        sizes = [config.feature_size] + [H] * (config.num_layers - 1)
+        params["layers"] = [
+            init_layer(k, design, n, H) for k, n in zip(k_layers, sizes, strict=True)
+        ]
+    else:
+        if not config.vocab_size:
+            params["in_proj"] = _dense(k_in, config.input_size, H)
+        params["blocks"] = []
+        for k in k_layers:
+            k_rnn, k_ff1, k_ff2 = jax.random.split(k, 3)
+            params["blocks"].append(
+                {
+                    "norm_rnn": jnp.ones((H,)),
+                    "rnn": init_layer(k_rnn, design, H, H),
+                    "norm_ff": jnp.ones((H,)),
+                    "ff_in": _dense(k_ff1, H, config.ff_mult * H),
+                    "ff_out": _dense(k_ff2, config.ff_mult * H, H),
+                }
+            )
+        params["norm_out"] = jnp.ones((H,))
+    params["readout"] = _dense(k_out, H, config.output_size)
+    return params
+
+
+def apply_model(
+    params: Params,
+    config: ModelConfig,
+    inputs: Array,
+    carries: Sequence[Carry] | None = None,
+) -> tuple[Array, list[Carry]]:
+    """Outputs (B, T, output_size) and the last carry of every layer.
+
+    ``inputs`` are token ids (B, T) when the config has a vocabulary, else features (B, T, I).
+    ``carries`` (one per layer) start the layers; zeros when omitted.
+    """
+    design = config.design
+    x = params["embed"][inputs] if config.vocab_size else inputs
+    carries = list(carries) if carries is not None else [None] * config.num_layers
+    new_carries = []
+    if config.block == "plain":
+        for layer, carry in zip(params["layers"], carries, strict=True):
+            x, carry = run_layer(layer, design, x, carry, scan=config.scan)
+            new_carries.append(carry)
+    else:
+        if "in_proj" in params:
+            x = _apply_dense(params["in_proj"], x)
+        for block, carry in zip(params["blocks"], carries, strict=True):
+            y, carry = run_layer(
+                block["rnn"], design, rms_norm(block["norm_rnn"], x), carry, scan=config.scan
+            )
+            x = x + y
+            ff = jax.nn.gelu(_apply_dense(block["ff_in"], rms_norm(block["norm_ff"], x)))
+            x = x + _apply_dense(block["ff_out"], ff)
+            new_carries.append(carry)
+        x = rms_norm(params["norm_out"], x)
+    return _apply_dense(params["readout"], x), new_carries
+
+
+def count_params(params: Params) -> int:
+    return sum(int(v.size) for v in jax.tree.leaves(params))
+
+
+def design_param_count(design: str | GateDesign, input_size: int, hidden_size: int) -> int:
+    """Parameters of one recurrent layer of a design (no parameters are materialised)."""
+    shapes = jax.eval_shape(
+        lambda k: init_layer(k, get_design(design), input_size, hidden_size), jax.random.key(0)
+    )
+    return count_params(shapes)
+
+
+# ---------------------------------------------------------------------------------------------
+# seeds
+
+
+def seed_keys(seeds: Sequence[int]) -> Array:
+    """Seed s uses ``jax.random.key(s)``, whatever the population (DESIGN.md §4)."""
+    return jnp.stack([jax.random.key(s) for s in seeds])
+
+
+def init_population(keys: Array, config: ModelConfig) -> Params:
+    """S independent parameter sets from S keys, stacked on a leading seed axis."""
+    return jax.vmap(lambda k: init_model(k, config))(keys)
+
+
+def over_seeds(fn: Callable, *, shared_data: bool = False) -> Callable:
+    """``jax.jit(jax.vmap(fn))`` for ``fn(params, data)`` over the leading seed axis.
+
+    With ``shared_data`` every seed sees the same data; otherwise data has a seed axis too.
+    """
+    return jax.jit(jax.vmap(fn, in_axes=(0, None if shared_data else 0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Flax modules
+
+
+class GatedRNN(nn.Module):
+    """The whole model as a Flax module: ``GatedRNN(config).init(key, inputs)``."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, inputs: Array, carries: Sequence[Carry] | None = None):
+        params = self.param("model", init_model, self.config)
+        return apply_model(params, self.config, inputs, carries)
+
+
+class RecurrentLayer(nn.Module):
+    """One recurrent layer over a sequence (B, T, I) → ((B, T, H), carry)."""
+
+    cell: str | GateDesign
+    hidden_size: int
+    scan: ScanKind = "auto"
+
+    @nn.compact
+    def __call__(self, xs: Array, carry: Carry | None = None):
+        design = get_design(self.cell)
+        params = self.param("layer", init_layer, design, xs.shape[-1], self.hidden_size)
+        return run_layer(params, design, xs, carry, scan=self.scan)
+
+
+class GatedCell(nn.RNNCellBase):
+    """One step ``(carry, x_t) -> (carry, y_t)`` of any design, usable inside ``nn.RNN``."""
+
+    cell: str | GateDesign
+    features: int
+
+    @nn.compact
+    def __call__(self, carry: Carry, x: Array):
+        design = get_design(self.cell)
+        params = self.param("layer", init_layer, design, x.shape[-1], self.features)
+        return cell_apply(params, design, carry, x)
+
+    @nn.nowrap
+    def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
+        return zero_carry(get_design(self.cell), tuple(input_shape[:-1]), self.features)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
