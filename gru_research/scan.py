@@ -46,7 +46,7 @@ def resolve_scan(design: GateDesign, scan: ScanKind) -> Literal["sequential", "p
         raise ValueError(f"unknown scan {scan!r}; valid scans: {', '.join(SCAN_KINDS)}")
     if scan == "parallel" and design.parallel_scan is None:
         raise ValueError(
-            f"design {design.name!r} reads its previous state, so only the sequential scan can run it"
+            f"design {design.name!r} reads its previous state: only the sequential scan runs it"
         )
     if scan == "auto":
         parallel = design.parallel_scan is not None and jax.default_backend() != "cpu"

@@ -1,0 +1,297 @@
+"""Every preset against a plain-NumPy reference written from the equations of DESIGN.md §2.
+
+The references below are independent of ``gru_research.cells``: they read the parameter tree
+(``W``, ``U``, ``b``, ``c_h``; see the ``cells`` docstring) and apply each preset's documented
+equations step by step in float64. Every parameter leaf a preset has must be read by its
+reference, so a parameter the package creates but the equations do not use is caught too.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gru_research.cells import init_layer
+from gru_research.gates import PRESETS, GateDesign
+from gru_research.scan import run_layer
+
+B, T, I, H = 3, 50, 5, 7
+REL_TOL = 1e-5
+
+Array = np.ndarray
+Carry = Array | tuple[Array, Array]
+
+GRU_FAMILY = {
+    "rnn_tanh",
+    "gru",
+    "gru_reset_before",
+    "gru_no_reset",
+    "mgu",
+    "mgu_flax",
+    "min_gru",
+    "min_gru_linear",
+    "gru1",
+    "gru2",
+    "gru3",
+}
+LSTM_FAMILY = {
+    "lstm",
+    "min_lstm",
+    "lstm_no_input_gate",
+    "lstm_no_forget_gate",
+    "lstm_no_output_gate",
+    "lstm_cifg",
+    "lstm_forget_bias_0",
+}
+POSITIVE_CARRY = {"min_gru", "min_lstm"}  # log-space scans need h_0 >= 0
+
+
+def sigmoid(v: Array) -> Array:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def g_pos(v: Array) -> Array:
+    """Feng et al.'s positive candidate map: v + 0.5 for v >= 0, sigmoid(v) otherwise."""
+    return np.where(v >= 0, v + 0.5, sigmoid(np.minimum(v, 0.0)))
+
+
+class Ref:
+    """Float64 view of a parameter tree that records which leaves the reference reads."""
+
+    def __init__(self, params: dict) -> None:
+        self.p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+        self.used: set[tuple[str, ...]] = set()
+
+    def W(self, k: str, x: Array) -> Array:
+        self.used.add(("W", k))
+        return x @ self.p["W"][k]
+
+    def U(self, k: str, h: Array) -> Array:
+        self.used.add(("U", k))
+        return h @ self.p["U"][k]
+
+    def b(self, k: str) -> Array:
+        self.used.add(("b", k))
+        return self.p["b"][k]
+
+    def c_h(self) -> Array:
+        self.used.add(("c_h",))
+        return self.p["c_h"]
+
+
+def leaf_names(params: dict) -> set[tuple[str, ...]]:
+    names: set[tuple[str, ...]] = set()
+    for group, leaves in params.items():
+        if isinstance(leaves, dict):
+            names |= {(group, k) for k in leaves}
+        else:
+            names.add((group,))
+    return names
+
+
+def gru_family_step(name: str, p: Ref, x: Array, h: Array) -> Array:
+    """One step of a GRU-family preset, h' from (x, h), as written in DESIGN.md §2."""
+    if name == "rnn_tanh":
+        return np.tanh(p.W("h", x) + p.b("h") + p.U("h", h))
+
+    if name in ("min_gru", "min_gru_linear"):
+        z = sigmoid(p.W("z", x) + p.b("z"))
+        v = p.W("h", x) + p.b("h")
+        cand = g_pos(v) if name == "min_gru" else v
+        return (1 - z) * h + z * cand  # "write"
+
+    if name == "mgu":  # Zhou et al., 2016: f resets h before the matmul and writes h~
+        f = sigmoid(p.W("z", x) + p.U("z", h) + p.b("z"))
+        cand = np.tanh(p.W("h", x) + p.U("h", f * h) + p.b("h"))
+        return (1 - f) * h + f * cand
+
+    if name == "mgu_flax":  # Flax MGUCell: reset after the matmul, keep update
+        f = sigmoid(p.W("z", x) + p.U("z", h) + p.b("z"))
+        cand = np.tanh(p.W("h", x) + p.b("h") + f * (p.U("h", h) + p.c_h()))
+        return (1 - f) * cand + f * h
+
+    if name == "gru_no_reset":
+        z = sigmoid(p.W("z", x) + p.U("z", h) + p.b("z"))
+        cand = np.tanh(p.W("h", x) + p.U("h", h) + p.b("h"))
+        return (1 - z) * cand + z * h
+
+    if name in ("gru", "gru_reset_before"):
+        z = sigmoid(p.W("z", x) + p.U("z", h) + p.b("z"))
+        r = sigmoid(p.W("r", x) + p.U("r", h) + p.b("r"))
+    elif name == "gru1":  # Dey & Salem: gates from U h + b
+        z = sigmoid(p.U("z", h) + p.b("z"))
+        r = sigmoid(p.U("r", h) + p.b("r"))
+    elif name == "gru2":  # gates from U h alone
+        z = sigmoid(p.U("z", h))
+        r = sigmoid(p.U("r", h))
+    elif name == "gru3":  # gates from the bias alone
+        z = sigmoid(p.b("z")) * np.ones_like(h)
+        r = sigmoid(p.b("r")) * np.ones_like(h)
+    else:
+        raise KeyError(name)
+
+    if name == "gru_reset_before":
+        cand = np.tanh(p.W("h", x) + p.U("h", r * h) + p.b("h"))
+    else:
+        cand = np.tanh(p.W("h", x) + p.b("h") + r * (p.U("h", h) + p.c_h()))
+    return (1 - z) * cand + z * h
+
+
+def lstm_family_step(
+    name: str, p: Ref, x: Array, carry: tuple[Array, Array]
+) -> tuple[Array, Array]:
+    """One step of an LSTM-family preset, (c', h') from (x, (c, h)), as in DESIGN.md §2."""
+    c, h = carry
+    if name == "min_lstm":  # Feng et al., 2024: x-only gates, normalised, no output gate
+        f = sigmoid(p.W("f", x) + p.b("f"))
+        i = sigmoid(p.W("i", x) + p.b("i"))
+        cand = g_pos(p.W("g", x) + p.b("g"))
+        f, i = f / (f + i), i / (f + i)
+        c_new = f * c + i * cand
+        return c_new, c_new
+
+    def gate(k: str) -> Array:
+        return sigmoid(p.W(k, x) + p.U(k, h) + p.b(k))
+
+    one = np.ones_like(h)
+    f = one if name == "lstm_no_forget_gate" else gate("f")
+    if name == "lstm_no_input_gate":
+        i = one
+    elif name == "lstm_cifg":
+        i = 1 - f
+    else:
+        i = gate("i")
+    o = one if name == "lstm_no_output_gate" else gate("o")
+    g = np.tanh(p.W("g", x) + p.U("g", h) + p.b("g"))
+    c_new = f * c + i * g
+    return c_new, o * np.tanh(c_new)
+
+
+def reference_run(name: str, params: dict, xs: Array, carry: Carry) -> tuple[Array, Carry, Ref]:
+    """Run the NumPy reference over (B, T, I) inputs; returns (ys (B, T, H), carry, Ref)."""
+    p = Ref(params)
+    xs = np.asarray(xs, np.float64)
+    carry = jax.tree.map(lambda a: np.asarray(a, np.float64), carry)
+    ys = []
+    for t in range(xs.shape[1]):
+        if name in LSTM_FAMILY:
+            carry = lstm_family_step(name, p, xs[:, t], carry)
+            ys.append(carry[1])
+        else:
+            carry = gru_family_step(name, p, xs[:, t], carry)
+            ys.append(carry)
+    return np.stack(ys, axis=1), carry, p
+
+
+def random_params(design: GateDesign, seed: int) -> dict:
+    """The preset's parameter tree with every leaf redrawn, so biases and c_h are nonzero."""
+    params = init_layer(jax.random.PRNGKey(seed), design, I, H)
+    leaves, tree = jax.tree.flatten(params)
+    rng = np.random.default_rng(seed)
+    new = [jnp.asarray(0.6 * rng.standard_normal(leaf.shape), jnp.float32) for leaf in leaves]
+    return jax.tree.unflatten(tree, new)
+
+
+def random_carry(name: str, seed: int) -> Carry:
+    rng = np.random.default_rng(seed + 1)
+    if name in POSITIVE_CARRY:
+        h = rng.uniform(0.1, 1.0, (B, H))
+    else:
+        h = 0.8 * rng.standard_normal((B, H))
+    if name == "min_lstm":  # h = c: the state is c, the output is c
+        return jnp.asarray(h, jnp.float32), jnp.asarray(h, jnp.float32)
+    if name in LSTM_FAMILY:
+        c = rng.standard_normal((B, H))
+        return jnp.asarray(c, jnp.float32), jnp.asarray(h, jnp.float32)
+    return jnp.asarray(h, jnp.float32)
+
+
+def random_inputs(seed: int) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed + 2).standard_normal((B, T, I)), jnp.float32)
+
+
+def rel_err(got: jax.Array, ref: Array) -> float:
+    return float(np.max(np.abs(np.asarray(got, np.float64) - ref)) / np.max(np.abs(ref)))
+
+
+def test_references_cover_every_preset() -> None:
+    assert set(PRESETS) == GRU_FAMILY | LSTM_FAMILY
+    for name in LSTM_FAMILY:
+        assert PRESETS[name].family == "lstm"
+    for name in GRU_FAMILY:
+        assert PRESETS[name].family == "gru"
+
+
+CASES = [
+    pytest.param(name, scan, id=f"{name}-{scan}")
+    for name, design in PRESETS.items()
+    for scan in ("sequential", "parallel")
+    if scan == "sequential" or design.parallel_scan is not None
+]
+
+
+@pytest.mark.parametrize(("name", "scan"), CASES)
+def test_preset_matches_numpy_reference(name: str, scan: str) -> None:
+    design = PRESETS[name]
+    params = random_params(design, seed=7)
+    xs, carry0 = random_inputs(7), random_carry(name, 7)
+
+    ys, carry = run_layer(params, design, xs, carry0, scan=scan)
+    ref_ys, ref_carry, ref = reference_run(name, params, xs, carry0)
+
+    assert ys.shape == (B, T, H)
+    assert ref.used == leaf_names(params), "parameters the equations do not read (or lack)"
+    assert rel_err(ys, ref_ys) <= REL_TOL
+    for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry), strict=True):
+        assert rel_err(got, want) <= REL_TOL
+
+
+def test_zero_initial_carry_is_the_default() -> None:
+    for name in ("gru", "min_gru", "lstm"):
+        design = PRESETS[name]
+        params = random_params(design, seed=3)
+        xs = random_inputs(3)
+        zero = jax.tree.map(jnp.zeros_like, random_carry(name, 3))
+        ys_default, _ = run_layer(params, design, xs, scan="sequential")
+        ref_ys, _, _ = reference_run(name, params, xs, zero)
+        assert rel_err(ys_default, ref_ys) <= REL_TOL
+
+
+def test_mgu_is_zhou_not_flax() -> None:
+    """google/flax#4608: Flax's MGUCell is not Zhou et al.'s MGU; the package keeps both."""
+    params = random_params(PRESETS["mgu"], seed=11)
+    flax_params = {**params, "c_h": jnp.zeros((H,), jnp.float32)}  # same weights, c_h = 0
+    xs, h0 = random_inputs(11), random_carry("mgu", 11)
+
+    ys_mgu, _ = run_layer(params, PRESETS["mgu"], xs, h0, scan="sequential")
+    ys_flax, _ = run_layer(flax_params, PRESETS["mgu_flax"], xs, h0, scan="sequential")
+    zhou, _, _ = reference_run("mgu", params, xs, h0)
+    flax_math, _, _ = reference_run("mgu_flax", flax_params, xs, h0)
+
+    assert rel_err(ys_mgu, zhou) <= REL_TOL
+    assert rel_err(ys_flax, flax_math) <= REL_TOL
+    assert rel_err(ys_mgu, flax_math) > 0.05  # genuinely different models
+    assert rel_err(ys_flax, zhou) > 0.05
+
+
+def test_mgu_single_step_differs_in_coupling() -> None:
+    """One step from the same (x, h): Zhou writes h~ with f, Flax keeps h with f."""
+    rng = np.random.default_rng(0)
+    params = random_params(PRESETS["mgu"], seed=5)
+    x, h = rng.standard_normal((B, I)), rng.standard_normal((B, H))
+    p = Ref({**params, "c_h": np.zeros(H)})
+    f = sigmoid(p.W("z", x) + p.U("z", h) + p.b("z"))
+    zhou = gru_family_step("mgu", p, x, h)
+    flax = gru_family_step("mgu_flax", p, x, h)
+    # Zhou: h' - h = f (h~_Z - h);  Flax: h' - h = (1 - f)(h~_F - h).
+    cand_z = np.tanh(p.W("h", x) + p.U("h", f * h) + p.b("h"))
+    cand_f = np.tanh(p.W("h", x) + p.b("h") + f * p.U("h", h))
+    np.testing.assert_allclose(zhou - h, f * (cand_z - h), atol=1e-12)
+    np.testing.assert_allclose(flax - h, (1 - f) * (cand_f - h), atol=1e-12)
+    assert np.max(np.abs(zhou - flax)) > 0.05
+    out, _ = run_layer(
+        params, PRESETS["mgu"], jnp.asarray(x[:, None], jnp.float32), jnp.asarray(h, jnp.float32)
+    )
+    assert rel_err(out[:, 0], zhou) <= REL_TOL
