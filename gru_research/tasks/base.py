@@ -1,0 +1,112 @@
+"""The task contract shared by every task: its config, its description, and the loss helpers.
+
+A `Task` is a bundle of pure functions plus the data they need. The training loop jit-compiles
+`sample` and `metrics` into its step; nothing here holds state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+IGNORED_TARGET = -1
+"""A target id that `token_cross_entropy` and `token_accuracy` skip (padding of LM eval windows)."""
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What a run asks for; `make_task` turns it into a `Task`.
+
+    Attributes:
+        name: one of `TASKS` ("copy", "adding", "selective_copy", "lm").
+        seq_len: copy: the delay T (inputs have length T + 20); adding: the length T;
+            selective_copy: L (inputs have length L + K); lm: the window length.
+        num_tokens: selective_copy: K, the number of tokens to recall.
+        corpus: lm: a TFDS text dataset name (a "text" feature); default tiny_shakespeare.
+        text_file: lm: a plain UTF-8 file instead of TFDS, split 90/5/5 by characters.
+        tfds_data_dir: where TFDS prepares data (None: the TFDS default, ~/tensorflow_datasets).
+        tfds_manual_dir: the TFDS manual dir; None with tiny_shakespeare: the packaged copy.
+        eval_batches: synthetic tasks: how many fresh batches one evaluation draws.
+    """
+
+    name: str = "copy"
+    seq_len: int = 100
+    num_tokens: int = 16
+    corpus: str = "tiny_shakespeare"
+    text_file: str | None = None
+    tfds_data_dir: str | None = None
+    tfds_manual_dir: str | None = None
+    eval_batches: int = 4
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task as the training loop sees it.
+
+    Attributes:
+        name: the task name.
+        vocab_size: set when model inputs are token ids (B, T); None for features (B, T, I).
+        input_size: the feature size of inputs when `vocab_size` is None (adding: 2).
+        output_size: the number of logits per step, or 1 for the adding regression.
+        baseline: the memoryless predictor's value of each metric (lm adds "bigram_loss").
+        solved_rule: the solved criterion, in words.
+        data: a pytree of device arrays that `sample` reads ({} for synthetic tasks).
+        sample: `sample(data, key, batch_size) -> (inputs, targets)`; pure and jittable with a
+            static `batch_size`.
+        metrics: `metrics(outputs, targets) -> dict[str, scalar]`; "loss" is the training
+            objective, a mean over the batch.
+        is_solved: `is_solved(metrics) -> bool` on evaluation metrics (lm: validation).
+        eval_data: `eval_data(split, batch_size) -> [(inputs, targets, weight), ...]` for the lm
+            (numpy batches covering the whole split); [] for synthetic tasks.
+        vocabulary: lm: the character of each id below `vocab_size - 1` (the last id is
+            "unknown"); None for synthetic tasks.
+    """
+
+    name: str
+    vocab_size: int | None
+    input_size: int
+    output_size: int
+    baseline: dict[str, float]
+    solved_rule: str
+    data: dict
+    sample: Callable
+    metrics: Callable
+    is_solved: Callable
+    eval_data: Callable
+    vocabulary: tuple[str, ...] | None = None
+
+
+def no_eval_data(split: str, batch_size: int) -> list:
+    """Synthetic tasks have no fixed evaluation set: the trainer draws fresh batches instead."""
+    del split, batch_size
+    return []
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean cross-entropy (nats) of integer `targets` (...,) under `logits` (..., C).
+
+    Targets equal to `IGNORED_TARGET` are left out of the mean.
+    """
+    valid = targets != IGNORED_TARGET
+    safe_targets = jnp.where(valid, targets, 0)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    target_log_probs = jnp.take_along_axis(log_probs, safe_targets[..., None], axis=-1)[..., 0]
+    # where(), not a product: a target log-probability of -inf must not turn the sum into nan.
+    total = jnp.sum(jnp.where(valid, -target_log_probs, 0.0))
+    return total / jnp.maximum(jnp.sum(valid), 1)
+
+
+def token_accuracy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Fraction of non-ignored positions where the arg-max of `logits` equals the target."""
+    valid = targets != IGNORED_TARGET
+    hits = (jnp.argmax(logits, axis=-1) == targets) & valid
+    return jnp.sum(hits) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def require_positive_int(field: str, value: object) -> None:
+    """Raise a one-line ValueError unless `value` is a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{field} must be a positive integer, got {value!r}")

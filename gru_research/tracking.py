@@ -1,0 +1,202 @@
+"""Where runs are written: the local run folder and Weights & Biases.
+
+A run folder (DESIGN.md §4) holds ``config.json`` (the resolved config, package version, git
+commit), ``metrics.jsonl`` (one JSON object per logged step, seed and split),
+``summary.json`` (final metrics per seed, diverged seeds), ``checkpoints/`` and ``wandb/``.
+Every file is replaced atomically (written beside, then renamed), so a crash never leaves a
+half-written file.
+
+W&B runs offline by default; the mode is set here, never read from ``WANDB_MODE``. Each seed is
+its own W&B run, grouped by experiment and named by cell and seed, so the W&B UI can group and
+average seeds. :func:`read_offline_history` reads what an offline run logged, with no server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def git_commit() -> str | None:
+    """The commit of the package's checkout (with ``+dirty`` for local changes), if any."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def package_version() -> str:
+    return version("gru-research")
+
+
+class MetricsFile:
+    """``metrics.jsonl``, rewritten atomically on every flush (small files: O(steps × seeds))."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict] = []
+        if path.exists():
+            self.records = [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def truncate_after(self, step: int) -> None:
+        """Forget records past ``step`` (a resumed run logs those steps again)."""
+        self.records = [r for r in self.records if r["step"] <= step]
+        self.flush()
+
+    def extend(self, records: Iterable[dict]) -> None:
+        self.records.extend(records)
+        self.flush()
+
+    def flush(self) -> None:
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+
+class WandbRuns:
+    """One W&B run per seed, grouped by experiment; a no-op when the mode is ``disabled``."""
+
+    def __init__(
+        self,
+        mode: str,
+        run_dir: Path,
+        config: dict,
+        seeds: list[int],
+        *,
+        project: str,
+        group: str,
+        run_id: str,
+        name: str,
+    ) -> None:
+        if mode not in WANDB_MODES:
+            raise ValueError(f"unknown W&B mode {mode!r}; valid modes: {', '.join(WANDB_MODES)}")
+        self.runs: dict[int, Any] = {}
+        if mode == "disabled":
+            return
+        import wandb
+
+        for seed in seeds:
+            self.runs[seed] = wandb.init(
+                project=project,
+                group=group,
+                name=f"{name}-seed{seed}",
+                id=f"{run_id}-s{seed}",
+                dir=str(run_dir),
+                mode=mode,
+                config={**config, "seed": seed},
+                resume="allow",
+                reinit="create_new",
+                settings=wandb.Settings(silent=True, console="off"),
+            )
+
+    def log(self, records: Iterable[dict]) -> None:
+        for record in records:
+            run = self.runs.get(record["seed"])
+            if run is not None:
+                metrics = {
+                    f"{record['split']}/{k}": v
+                    for k, v in record.items()
+                    if k not in ("step", "seed", "split") and v is not None
+                }
+                run.log(metrics, step=record["step"])
+
+    def finish(self, summary: dict[int, dict]) -> None:
+        for seed, run in self.runs.items():
+            run.summary.update(summary.get(seed, {}))
+            run.finish()
+        self.runs = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# reading an offline run back (no server): the .wandb file is a LevelDB-style log of protobuf
+# records (32 KiB blocks; each chunk: crc32 u32, length u16, type u8; full/first/middle/last)
+
+_BLOCK, _HEADER, _FILE_HEADER = 32768, 7, 7
+
+
+def _log_records(data: bytes) -> Iterator[bytes]:
+    pos, pending = _FILE_HEADER, b""
+    while pos + _HEADER <= len(data):
+        room = _BLOCK - pos % _BLOCK
+        if room < _HEADER:
+            pos += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == 0 and length == 0:
+            pos += _BLOCK - pos % _BLOCK if pos % _BLOCK else 0
+            continue
+        if kind == 1:
+            yield chunk
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            yield pending + chunk
+            pending = b""
+
+
+def read_offline_history(wandb_file: Path) -> list[dict]:
+    """The history rows (``_step`` plus the logged values) of an offline ``run-<id>.wandb``."""
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for raw in _log_records(Path(wandb_file).read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") != "history":
+            continue
+        row = {}
+        for item in record.history.item:
+            key = item.key or "/".join(item.nested_key)
+            row[key] = json.loads(item.value_json)
+        rows.append(row)
+    return rows
+
+
+def offline_run_files(run_dir: Path) -> dict[str, Path]:
+    """W&B run id → its offline ``.wandb`` file, for the runs under ``run_dir/wandb``."""
+    return {p.stem.removeprefix("run-"): p for p in Path(run_dir).glob("wandb/*/run-*.wandb")}

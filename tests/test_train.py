@@ -1,0 +1,305 @@
+"""Training: seeds vmapped equal single runs, resume, divergence, run folders, W&B, bad input."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gru_research.tracking import offline_run_files, read_offline_history
+from gru_research.train import RunError, TrainConfig, train
+
+SMALL = dict(
+    task="adding",
+    cell="gru",
+    seq_len=10,
+    hidden=8,
+    batch_size=8,
+    log_every=5,
+    eval_every=10,
+    checkpoint_every=10,
+    eval_batches=2,
+)
+
+
+def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "gru_research.cli", *args], capture_output=True, text=True
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_vmapped_seeds_equal_single_seed_runs(tmp_path):
+    config = TrainConfig(**SMALL, seeds=4, steps=20)
+    together = train(config, tmp_path / "all", wandb_mode="disabled")
+    for i, seed in enumerate(config.seed_list):
+        alone = train(
+            TrainConfig(**SMALL, seed=seed, seeds=1, steps=20),
+            tmp_path / f"s{seed}",
+            wandb_mode="disabled",
+        )
+        for name, values in together["final"].items():
+            assert math.isclose(values[i], alone["final"][name][0], rel_tol=1e-4, abs_tol=1e-6)
+
+
+def test_run_folder_files(tmp_path):
+    run = tmp_path / "run"
+    summary = train(TrainConfig(**SMALL, seeds=2, steps=20), run, wandb_mode="disabled")
+    config = json.loads((run / "config.json").read_text())
+    assert config["run"]["cell"] == "gru" and config["package_version"]
+    assert "git_commit" in config
+    records = read_metrics(run)
+    assert {r["split"] for r in records} == {"train", "validation", "test"}
+    assert all({"step", "seed", "split", "loss"} <= r.keys() for r in records)
+    validation = [r for r in records if r["split"] == "validation"]
+    assert all(r["baseline_loss"] == pytest.approx(1 / 6, rel=1e-3) for r in validation)
+    assert all(isinstance(r["solved"], bool) for r in validation)
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == summary
+    assert summary["task"] == "adding" and summary["cell"] == "gru"
+    assert summary["seeds"] == [0, 1] and summary["diverged"] == []
+    assert len(summary["final"]["loss"]) == 2
+    assert not list(run.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    config = TrainConfig(**SMALL, seeds=2, steps=30)
+    whole = train(config, tmp_path / "whole", wandb_mode="disabled")
+    run = tmp_path / "killed"
+    partial = train(config, run, wandb_mode="disabled", stop_after=15)
+    assert partial == {"stopped_at": 15} and not (run / "summary.json").exists()
+    resumed = train(config, run, wandb_mode="disabled")
+    for name, values in whole["final"].items():
+        np.testing.assert_allclose(resumed["final"][name], values, rtol=1e-5, atol=1e-7)
+    keys = [(r["step"], r["seed"], r["split"]) for r in read_metrics(run)]
+    assert len(keys) == len(set(keys)), "a step was logged twice"
+    assert keys == [(r["step"], r["seed"], r["split"]) for r in read_metrics(tmp_path / "whole")]
+
+
+def poison_seed(index: int):
+    def transform(state):
+        params = jax.tree.map(lambda v: v.at[index].set(jnp.nan), state["params"])
+        return {**state, "params": params}
+
+    return transform
+
+
+def test_nan_in_one_seed_marks_only_that_seed(tmp_path):
+    config = TrainConfig(**SMALL, seeds=3, steps=20)
+    summary = train(config, tmp_path / "run", wandb_mode="disabled", state_transform=poison_seed(1))
+    assert summary["diverged"] == [1]
+    assert summary["final"]["loss"][1] is None
+    assert all(math.isfinite(summary["final"]["loss"][i]) for i in (0, 2))
+    healthy = train(TrainConfig(**SMALL, seeds=3, steps=20), tmp_path / "ok", wandb_mode="disabled")
+    for i in (0, 2):
+        assert summary["final"]["loss"][i] == pytest.approx(healthy["final"]["loss"][i], rel=1e-5)
+
+
+def test_wandb_offline_runs_hold_the_logged_losses(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**SMALL, seeds=2, steps=20), run, wandb_mode="offline")
+    files = offline_run_files(run)
+    assert len(files) == 2
+    records = read_metrics(run)
+    config = json.loads((run / "config.json").read_text())
+    for seed in (0, 1):
+        history = read_offline_history(files[f"{config['wandb_id']}-s{seed}"])
+        logged = {row["_step"]: row["train/loss"] for row in history if "train/loss" in row}
+        expected = {
+            r["step"]: r["loss"] for r in records if r["seed"] == seed and r["split"] == "train"
+        }
+        assert logged == pytest.approx(expected)
+
+
+def test_a_changed_config_in_the_same_folder_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**SMALL, steps=10), run, wandb_mode="disabled")
+    with pytest.raises(RunError, match="different config"):
+        train(TrainConfig(**{**SMALL, "hidden": 9}, steps=10), run, wandb_mode="disabled")
+
+
+def test_a_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(**SMALL, steps=30)
+    train(config, run, wandb_mode="disabled", stop_after=10)
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+            f.write_bytes(b"garbage")
+    result = cli("train", *args_of(config), "--out", str(run), "--wandb", "disabled")
+    assert result.returncode != 0
+    assert "corrupt or mismatched checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def args_of(config: TrainConfig) -> list[str]:
+    out = []
+    for key, value in vars(config).items():
+        if value is not None:
+            out.append(f"--{key.replace('_', '-')}={value}")
+    return out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "sorting"], "invalid choice: 'sorting'"),
+        (["--cell", "grux"], "invalid choice: 'grux'"),
+        (["--hidden", "0"], "hidden must be a positive integer"),
+        (["--seq-len", "-3"], "seq_len must be a positive integer"),
+        (["--task", "selective_copy", "--seq-len", "4", "--num-tokens", "16"], "selective"),
+        (["--task", "lm", "--text-file", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_folder(tmp_path, args, message):
+    run = tmp_path / "run"
+    result = cli("train", *args, "--steps", "5", "--out", str(run), "--wandb", "disabled")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_adding_T50_gru_4_seeds_learns_through_the_cli(tmp_path):
+    result = cli(
+        "train",
+        "--task",
+        "adding",
+        "--cell",
+        "gru",
+        "--seeds",
+        "4",
+        "--steps",
+        "1500",
+        "--seq-len",
+        "50",
+        "--hidden",
+        "64",
+        "--batch-size",
+        "64",
+        "--lr",
+        "3e-3",
+        "--eval-every",
+        "500",
+        "--out",
+        str(tmp_path / "run"),
+        "--wandb",
+        "disabled",
+        check=True,
+    )
+    final = json.loads(result.stdout.strip().splitlines()[-1])["final"]["loss"]
+    assert all(v < 0.01 for v in final), final
+
+
+@pytest.mark.slow
+def test_copy_T20_gru_4_seeds_learns_through_the_cli(tmp_path):
+    result = cli(
+        "train",
+        "--task",
+        "copy",
+        "--cell",
+        "gru",
+        "--seeds",
+        "4",
+        "--steps",
+        "1500",
+        "--seq-len",
+        "20",
+        "--hidden",
+        "64",
+        "--batch-size",
+        "64",
+        "--lr",
+        "3e-3",
+        "--eval-every",
+        "500",
+        "--out",
+        str(tmp_path / "run"),
+        "--wandb",
+        "disabled",
+        check=True,
+    )
+    final = json.loads(result.stdout.strip().splitlines()[-1])["final"]["loss"]
+    baseline = 10 * math.log(8) / 40
+    assert all(v < baseline / 2 for v in final), final
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TINY_SHAKESPEARE = SHARED / "data" / "tiny_shakespeare"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not TINY_SHAKESPEARE.exists(), reason="../shared/data is absent (a user's clone)"
+)
+def test_lm_on_tfds_tiny_shakespeare_learns_offline(tmp_path):
+    cli(
+        "train",
+        "--task",
+        "lm",
+        "--cell",
+        "gru",
+        "--seeds",
+        "2",
+        "--steps",
+        "300",
+        "--seq-len",
+        "64",
+        "--hidden",
+        "128",
+        "--batch-size",
+        "32",
+        "--lr",
+        "3e-3",
+        "--eval-every",
+        "300",
+        "--tfds-manual-dir",
+        str(TINY_SHAKESPEARE),
+        "--tfds-data-dir",
+        str(tmp_path / "tfds"),
+        "--out",
+        str(tmp_path / "run"),
+        "--wandb",
+        "disabled",
+        check=True,
+    )
+    records = read_metrics(tmp_path / "run")
+    validation = [r for r in records if r["split"] == "validation"]
+    assert len(validation) == 2
+    assert all(r["bpc"] < 3.0 for r in validation), validation
+    assert all(r["perplexity"] == pytest.approx(math.exp(r["loss"]), rel=1e-4) for r in validation)
+
+
+def test_lm_on_a_text_file(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    summary = train(
+        TrainConfig(
+            task="lm",
+            text_file=str(text),
+            seq_len=16,
+            hidden=16,
+            batch_size=8,
+            steps=20,
+            log_every=10,
+            eval_every=20,
+            checkpoint_every=20,
+        ),
+        tmp_path / "run",
+        wandb_mode="disabled",
+    )
+    assert {"loss", "bpc", "perplexity"} <= summary["final"].keys()
+    assert summary["final"]["bpc"][0] == pytest.approx(summary["final"]["loss"][0] / math.log(2))
