@@ -1,8 +1,9 @@
 """``gru-research``: the command line.
 
     gru-research designs [--input-size I] [--hidden-size H]   every preset, its paper, its size
-    gru-research quick                                        the main job on its embedded default
     gru-research train --task TASK --cell DESIGN --seeds S --steps N ... --out DIR
+    gru-research sweep FILE --out DIR | --export-wandb OUT.yaml
+    gru-research table DIR [--metric loss] [--reference gru]
 
 Bad input ends with one line on stderr naming the valid choices and a non-zero exit.
 """
@@ -13,16 +14,16 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
-import time
 import typing
-
-import jax
-import jax.numpy as jnp
+from pathlib import Path
 
 from gru_research.gates import PRESETS
-from gru_research.model import ModelConfig, apply_model, design_param_count, init_model
+from gru_research.model import design_param_count
 from gru_research.scan import SCAN_KINDS
+from gru_research.sweep import export_wandb, load_sweep, run_sweep
+from gru_research.tables import to_markdown, write_table
 from gru_research.tasks import TASKS
 from gru_research.tracking import WANDB_MODES
 from gru_research.train import OPTIMIZERS, SCHEDULES, TrainConfig, train
@@ -69,28 +70,6 @@ def designs_table(input_size: int, hidden_size: int) -> str:
     return "\n".join(rows)
 
 
-def forward_and_gradient_check(seq_len: int = 64, batch: int = 8, hidden: int = 32) -> str:
-    """One forward and gradient pass of every preset on a small token batch (2 layers)."""
-    tokens = jax.random.randint(jax.random.key(0), (batch, seq_len + 1), 0, 16)
-    rows = ["| design | loss | grad norm | seconds (incl. compile) |", "|---|---:|---:|---:|"]
-    for name in PRESETS:
-        config = ModelConfig(
-            cell=name, vocab_size=16, hidden_size=hidden, output_size=16, num_layers=2
-        )
-
-        def loss(params, config=config):
-            logits = apply_model(params, config, tokens[:, :-1])[0]
-            log_probs = jax.nn.log_softmax(logits)
-            return -jnp.mean(jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1))
-
-        start = time.perf_counter()
-        value, grads = jax.jit(jax.value_and_grad(loss))(init_model(jax.random.key(1), config))
-        norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
-        seconds = time.perf_counter() - start
-        rows.append(f"| {name} | {float(value):.4f} | {float(norm):.4f} | {seconds:.2f} |")
-    return "\n".join(rows)
-
-
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -111,27 +90,74 @@ def build_parser() -> argparse.ArgumentParser:
     designs = commands.add_parser("designs", help="list every gate-design preset")
     designs.add_argument("--input-size", type=positive_int, default=64)
     designs.add_argument("--hidden-size", type=positive_int, default=128)
-    commands.add_parser("quick", help="the main job on its embedded default")
     add_train_arguments(commands.add_parser("train", help="train S seeds of one design at once"))
+    sweep = commands.add_parser("sweep", help="run a W&B sweep file locally, or export it")
+    sweep.add_argument("file")
+    target = sweep.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="folder of the sweep's run folders (rerun to resume)")
+    target.add_argument("--export-wandb", metavar="OUT_YAML", help="write the `wandb sweep` file")
+    sweep.add_argument("--wandb", choices=WANDB_MODES, default="offline")
+    table = commands.add_parser("table", help="tables and plots from run folders")
+    table.add_argument("dir")
+    table.add_argument("--metric", default=None, help="a final test metric (default: the sweep's)")
+    table.add_argument("--reference", default=None, help="design for the Welch t-test")
+    table.add_argument("--rows", default="cell", help="comma-separated row parameters")
     return parser
 
 
+def run_sweep_command(args: argparse.Namespace) -> None:
+    if args.export_wandb:
+        export_wandb(args.file, args.export_wandb)
+        print(f"wrote {args.export_wandb}: `wandb sweep {args.export_wandb}`, then `wandb agent`")
+        return
+    run_sweep(
+        args.file, args.out, wandb_mode=args.wandb, progress=lambda line: print(line, flush=True)
+    )
+    print(make_tables(args.out))
+
+
+def make_tables(
+    root: str, metric: str | None = None, reference: str | None = None, rows: str | None = None
+) -> str:
+    """Write the tables and plots of a folder of runs (a sweep's, if it holds sweep.yaml)."""
+    sweep_file = Path(root) / "sweep.yaml"
+    report = load_sweep(sweep_file).get("report", {}) if sweep_file.exists() else {}
+    paper = report.get("paper", [])
+    row_keys = tuple((rows or report.get("rows", "cell")).split(","))
+    metrics = [metric] if metric else report.get("metrics", ["loss"])
+    texts = []
+    for name in metrics:
+        table = write_table(
+            root,
+            name,
+            reference=reference or report.get("reference"),
+            row_keys=row_keys,
+            paper=paper,
+        )
+        texts.append(to_markdown(table))
+    return "\n".join(texts)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field; ``--name value`` and ``--name=value`` both work."""
+    """One option per TrainConfig field: `--batch-size 8`, `--batch-size=8`, `--batch_size=8`."""
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         kind = hints[field.name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         if typing.get_origin(base) is typing.Literal or field.name in CHOICES:
             base = str
+        spellings = dict.fromkeys(["--" + field.name.replace("_", "-"), "--" + field.name])
         parser.add_argument(
-            "--" + field.name.replace("_", "-"),
+            *spellings,  # --batch-size and --batch_size (what a W&B sweep agent passes)
+            dest=field.name,
             type=base,
             default=field.default,
             choices=CHOICES.get(field.name),
             help=f"{TRAIN_HELP.get(field.name, '')} (default: {field.default})".strip(),
         )
-    parser.add_argument("--out", required=True, help="the run folder (rerun to resume)")
+    parser.add_argument(
+        "--out", help="the run folder (rerun to resume); under `wandb agent`: runs/<run id>"
+    )
     parser.add_argument("--wandb", choices=WANDB_MODES, default="offline")
     parser.add_argument("--wandb-project", default="gru-research")
     parser.add_argument("--wandb-group", default=None, help="default: TASK-T<seq_len>")
@@ -142,9 +168,14 @@ def run_train(args: argparse.Namespace) -> None:
     for name in ("clip_norm", "clip_value"):
         values[name] = values[name] or None
     config = TrainConfig(**values)
+    out = args.out
+    if out is None and os.environ.get("WANDB_RUN_ID"):
+        out = f"runs/{os.environ.get('WANDB_SWEEP_ID', 'sweep')}/{os.environ['WANDB_RUN_ID']}"
+    if out is None:
+        raise ValueError("--out is required: the run folder to write (or resume)")
     summary = train(
         config,
-        args.out,
+        out,
         wandb_mode=args.wandb,
         wandb_project=args.wandb_project,
         wandb_group=args.wandb_group,
@@ -158,12 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "designs":
             print(designs_table(args.input_size, args.hidden_size))
-        elif args.command == "quick":
-            print(designs_table(64, 128))
-            print()
-            print(forward_and_gradient_check())
         elif args.command == "train":
             run_train(args)
+        elif args.command == "sweep":
+            run_sweep_command(args)
+        elif args.command == "table":
+            print(make_tables(args.dir, args.metric, args.reference, args.rows))
     except (ValueError, FileNotFoundError) as err:
         print(f"gru-research: error: {err}", file=sys.stderr)
         return 2

@@ -155,6 +155,11 @@ def design_param_count(design: str | GateDesign, input_size: int, hidden_size: i
     return count_params(shapes)
 
 
+def model_param_count(config: ModelConfig) -> int:
+    """Parameters of a whole model for one seed (no parameters are materialised)."""
+    return count_params(jax.eval_shape(lambda k: init_model(k, config), jax.random.key(0)))
+
+
 # ---------------------------------------------------------------------------------------------
 # seeds
 
@@ -165,8 +170,13 @@ def seed_keys(seeds: Sequence[int]) -> Array:
 
 
 def init_population(keys: Array, config: ModelConfig) -> Params:
-    """S independent parameter sets from S keys, stacked on a leading seed axis."""
-    return jax.vmap(lambda k: init_model(k, config))(keys)
+    """S independent parameter sets from S keys, stacked on a leading seed axis.
+
+    Seeds are initialised one after another (``lax.map``), not vmapped: a vmapped orthogonal
+    initialiser is a *batched* LAPACK QR, which XLA's CPU runtime runs on its own worker
+    pool and which was seen to deadlock that pool on a 2-core machine. The values are the same.
+    """
+    return jax.lax.map(lambda k: init_model(k, config), keys)
 
 
 def over_seeds(fn: Callable, *, shared_data: bool = False) -> Callable:

@@ -94,8 +94,26 @@ class MetricsFile:
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
 
+def under_sweep_agent() -> bool:
+    """Whether ``wandb agent`` started this process (it sets WANDB_SWEEP_ID and WANDB_RUN_ID)."""
+    return bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+def _wandb_metrics(record: dict, prefix: str = "") -> dict:
+    return {
+        f"{prefix}{record['split']}/{k}": v
+        for k, v in record.items()
+        if k not in ("step", "seed", "split") and isinstance(v, int | float)
+    }
+
+
 class WandbRuns:
-    """One W&B run per seed, grouped by experiment; a no-op when the mode is ``disabled``."""
+    """W&B for one run folder; a no-op when the mode is ``disabled``.
+
+    Outside a sweep agent: one W&B run per seed, grouped by experiment, named by cell and seed.
+    Under ``wandb agent`` (DESIGN.md §4): the agent's one run, logging each metric as the mean
+    over the seeds that are finite, and per-seed values under ``seed_<s>/...``.
+    """
 
     def __init__(
         self,
@@ -111,11 +129,18 @@ class WandbRuns:
     ) -> None:
         if mode not in WANDB_MODES:
             raise ValueError(f"unknown W&B mode {mode!r}; valid modes: {', '.join(WANDB_MODES)}")
-        self.runs: dict[int, Any] = {}
+        self.runs: dict[int | None, Any] = {}
+        self.agent = under_sweep_agent()
         if mode == "disabled":
             return
         import wandb
 
+        settings = wandb.Settings(silent=True, console="off")
+        if self.agent:
+            self.runs[None] = wandb.init(
+                dir=str(run_dir), mode=mode, config=config, settings=settings
+            )
+            return
         for seed in seeds:
             self.runs[seed] = wandb.init(
                 project=project,
@@ -127,23 +152,39 @@ class WandbRuns:
                 config={**config, "seed": seed},
                 resume="allow",
                 reinit="create_new",
-                settings=wandb.Settings(silent=True, console="off"),
+                settings=settings,
             )
 
-    def log(self, records: Iterable[dict]) -> None:
+    def log(self, records: list[dict]) -> None:
+        if self.agent and self.runs:
+            self._log_agent(records)
+            return
         for record in records:
             run = self.runs.get(record["seed"])
             if run is not None:
-                metrics = {
-                    f"{record['split']}/{k}": v
-                    for k, v in record.items()
-                    if k not in ("step", "seed", "split") and v is not None
-                }
-                run.log(metrics, step=record["step"])
+                run.log(_wandb_metrics(record), step=record["step"])
+
+    def _log_agent(self, records: list[dict]) -> None:
+        by_step: dict[tuple[int, str], list[dict]] = {}
+        for record in records:
+            by_step.setdefault((record["step"], record["split"]), []).append(record)
+        for (step, _), group in sorted(by_step.items()):
+            values: dict[str, float] = {}
+            per_seed = [_wandb_metrics(r) for r in group]
+            for key in per_seed[0]:
+                finite = [m[key] for m in per_seed if key in m]
+                values[key] = sum(finite) / len(finite)
+            for record in group:
+                values.update(_wandb_metrics(record, prefix=f"seed_{record['seed']}/"))
+            self.runs[None].log(values, step=step)
 
     def finish(self, summary: dict[int, dict]) -> None:
         for seed, run in self.runs.items():
-            run.summary.update(summary.get(seed, {}))
+            if seed is None:
+                for s, values in summary.items():
+                    run.summary.update({f"seed_{s}/{k}": v for k, v in values.items()})
+            else:
+                run.summary.update(summary.get(seed, {}))
             run.finish()
         self.runs = {}
 

@@ -29,7 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gru_research.model import ModelConfig, apply_model, count_params, init_model, seed_keys
+from gru_research.model import (
+    ModelConfig,
+    apply_model,
+    count_params,
+    init_model,
+    model_param_count,
+    seed_keys,
+)
 from gru_research.scan import ScanKind
 from gru_research.tasks import Task, TaskConfig, make_task
 from gru_research.tracking import (
@@ -43,6 +50,7 @@ from gru_research.tracking import (
 )
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+TASK_SEQ_LEN = {"copy": 20, "adding": 50, "selective_copy": 64, "lm": 64}  # small defaults
 SCHEDULES = ("constant", "cosine")
 
 
@@ -55,9 +63,10 @@ class TrainConfig:
     seed: int = 0
     seeds: int = 1
     steps: int = 1000
-    seq_len: int = 20
+    seq_len: int | None = None
     num_tokens: int = 16
     hidden: int = 64
+    param_budget: int | None = None
     layers: int = 1
     block: Literal["plain", "residual"] = "plain"
     scan: ScanKind = "auto"
@@ -80,6 +89,8 @@ class TrainConfig:
     tfds_manual_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if self.seq_len is None and self.task in TASK_SEQ_LEN:
+            object.__setattr__(self, "seq_len", TASK_SEQ_LEN[self.task])
         for name in ("seeds", "steps", "hidden", "layers", "batch_size", "seq_len"):
             _positive(name, getattr(self, name))
         for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches"):
@@ -94,6 +105,8 @@ class TrainConfig:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"
             )
+        if self.param_budget is not None and self.param_budget < 1:
+            raise ValueError(f"param_budget must be a positive integer, got {self.param_budget}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
@@ -114,16 +127,33 @@ class TrainConfig:
         )
 
     def model_config(self, task: Task) -> ModelConfig:
-        return ModelConfig(
-            cell=self.cell,
-            input_size=task.input_size,
-            vocab_size=task.vocab_size,
-            hidden_size=self.hidden,
-            output_size=task.output_size,
-            num_layers=self.layers,
-            block=self.block,
-            scan=self.scan,
-        )
+        """The model; with ``param_budget``, the largest hidden size within that budget."""
+
+        def config(hidden: int) -> ModelConfig:
+            return ModelConfig(
+                cell=self.cell,
+                input_size=task.input_size,
+                vocab_size=task.vocab_size,
+                hidden_size=hidden,
+                output_size=task.output_size,
+                num_layers=self.layers,
+                block=self.block,
+                scan=self.scan,
+            )
+
+        if self.param_budget is None:
+            return config(self.hidden)
+        low, high = 1, 4096  # the count grows with the hidden size: bisect
+        if model_param_count(config(low)) > self.param_budget:
+            raise ValueError(f"param_budget {self.param_budget} is below the smallest model")
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (
+                (mid, high)
+                if model_param_count(config(mid)) <= self.param_budget
+                else (low, mid - 1)
+            )
+        return config(low)
 
 
 def _positive(name: str, value: int) -> None:
@@ -174,7 +204,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 class Program:
     """The jitted, seed-vmapped functions of one run."""
 
-    init: Any  # seed keys -> state
+    init: Any  # seed keys -> state (seeds one after another, see model.init_population)
     train_chunk: Any  # (state, data) -> (state, per-step metrics), `chunk` steps
     evaluate: Any  # (params, inputs, targets) -> metrics, per seed, shared batch
     evaluate_sampled: Any  # (params, keys, data) -> metrics, per seed, own batches
@@ -250,7 +280,7 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
         return jax.tree.map(lambda v: jnp.mean(v, axis=0), per_batch)
 
     return Program(
-        init=jax.jit(jax.vmap(init)),
+        init=jax.jit(lambda keys: jax.lax.map(init, keys)),  # not vmap: see init_population
         train_chunk=jax.jit(jax.vmap(train_chunk, in_axes=(0, None))),
         evaluate=jax.jit(jax.vmap(metrics_of, in_axes=(0, None, None))),
         evaluate_sampled=jax.jit(jax.vmap(evaluate_sampled, in_axes=(0, 0, None))),

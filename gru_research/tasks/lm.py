@@ -38,6 +38,7 @@ For tiny_shakespeare: 3.333 and 2.473 nats. Solved: validation loss below the bi
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +132,10 @@ def read_tfds_splits(
     reads each split's examples, joined by newlines (tiny_shakespeare: one example per split).
     TensorFlow and TFDS are imported here, not at module import.
     """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     import tensorflow_datasets as tfds
 
+    tfds.disable_progress_bar()
     manual_dir = default_manual_dir(corpus, manual_dir)
     try:
         builder = tfds.builder(corpus, data_dir=data_dir)

@@ -1,0 +1,303 @@
+"""Runs → paper-style tables (markdown and CSV) and learning-curve plots.
+
+One row per design (``cell``, plus any other row parameters), one column per task setting (the
+config values that vary across the runs, other than the row parameters and the sizes that
+follow from them). Each cell is ``mean ± std`` over the seeds that did not diverge, with ``n``
+and the count of diverged seeds; the best per column is bold; a Welch t-test (scipy) against a
+reference design marks differences significant at 5% with ``*``; the paper's number, where the
+sweep file gives one, stands beside ours.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gru_research.gates import PRESETS
+from gru_research.tasks import TASKS
+from gru_research.tracking import read_json, write_atomic
+
+HIGHER_IS_BETTER = ("accuracy",)
+IGNORED_IN_SETTINGS = ("cell", "seed", "seeds", "hidden", "wandb")
+
+
+@dataclass(frozen=True)
+class Run:
+    folder: Path
+    config: dict
+    summary: dict
+
+    def values(self, metric: str) -> list[float]:
+        return [v for v in self.summary["final"].get(metric, []) if v is not None]
+
+
+@dataclass
+class Cell:
+    values: list[float]
+    diverged: int
+    paper: float | None = None
+    p_value: float | None = None
+    best: bool = False
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else math.nan
+
+
+@dataclass
+class Table:
+    metric: str
+    rows: list[tuple]
+    row_keys: list[str]
+    columns: list[tuple]
+    column_keys: list[str]
+    cells: dict[tuple, Cell] = field(default_factory=dict)
+    baselines: dict[tuple, float] = field(default_factory=dict)
+    reference: str | None = None
+
+
+def load_runs(root: str | Path) -> list[Run]:
+    """Every finished run folder (one with a ``summary.json``) under ``root``."""
+    runs = []
+    for summary in sorted(Path(root).rglob("summary.json")):
+        config = read_json(summary.parent / "config.json")["run"]
+        runs.append(Run(summary.parent, config, read_json(summary)))
+    if not runs:
+        raise FileNotFoundError(f"no finished run folders (with summary.json) under {root}")
+    return runs
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    keys = sorted({k for r in runs for k in r.config})
+    return [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1]
+
+
+def build_table(
+    runs: list[Run],
+    metric: str = "loss",
+    *,
+    row_keys: tuple[str, ...] = ("cell",),
+    reference: str | None = None,
+    paper: list[dict] | None = None,
+) -> Table:
+    """The table of ``metric`` (a final test metric) over the runs."""
+    from scipy import stats
+
+    column_keys = [k for k in varying_keys(runs) if k not in row_keys + IGNORED_IN_SETTINGS]
+    column_keys = ["task", *(k for k in column_keys if k != "task")]  # labels start with it
+
+    def key(run: Run, keys) -> tuple:
+        return tuple(run.config.get(k) for k in keys)
+
+    rows = sorted(dict.fromkeys(key(r, row_keys) for r in runs), key=_design_order)
+    columns = sorted(dict.fromkeys(key(r, column_keys) for r in runs), key=_task_order)
+    table = Table(metric, rows, list(row_keys), columns, column_keys, reference=reference)
+    for run in runs:
+        at = (key(run, row_keys), key(run, column_keys))
+        cell = table.cells.setdefault(at, Cell([], 0))
+        cell.values.extend(run.values(metric))
+        cell.diverged += len(run.summary["diverged"])
+        if metric in run.summary.get("baseline", {}):
+            table.baselines[at[1]] = run.summary["baseline"][metric]
+    for (row, column), cell in table.cells.items():
+        cell.paper = _paper_value(
+            paper or [],
+            dict(zip(row_keys, row, strict=True)) | dict(zip(column_keys, column, strict=True)),
+            metric,
+        )
+        if reference is not None and row[0] != reference:
+            ref = table.cells.get(((reference, *row[1:]), column))
+            if ref and len(ref.values) > 1 and len(cell.values) > 1:
+                p = stats.ttest_ind(cell.values, ref.values, equal_var=False).pvalue
+                cell.p_value = float(p) if math.isfinite(p) else None
+    sign = -1 if metric in HIGHER_IS_BETTER else 1
+    for column in columns:
+        scored = [c for (r, col), c in table.cells.items() if col == column and c.values]
+        if scored:
+            min(scored, key=lambda c: sign * c.mean).best = True
+    return table
+
+
+def _design_order(row: tuple) -> tuple:
+    names = list(PRESETS)
+    return (names.index(row[0]) if row[0] in names else len(names), *map(str, row))
+
+
+def _task_order(column: tuple) -> tuple:
+    return (
+        TASKS.index(column[0]) if column[0] in TASKS else len(TASKS),
+        *((0, v, "") if isinstance(v, int | float) else (1, 0, str(v)) for v in column[1:]),
+    )
+
+
+def _paper_value(entries: list[dict], where: dict, metric: str) -> float | None:
+    for entry in entries:
+        if entry.get("metric", "loss") != metric:
+            continue
+        conditions = {k: v for k, v in entry.items() if k not in ("value", "metric", "source")}
+        if all(where.get(k) == v for k, v in conditions.items()):
+            return entry["value"]
+    return None
+
+
+def _label(keys: list[str], values: tuple) -> str:
+    return (
+        " ".join(
+            f"{k}={v}" if k not in ("task", "cell") else str(v)
+            for k, v in zip(keys, values, strict=True)
+        )
+        or "all"
+    )
+
+
+def format_cell(cell: Cell | None) -> str:
+    if cell is None:
+        return "–"
+    if not cell.values:
+        text = f"all diverged ({cell.diverged})"
+    else:
+        text = f"{cell.mean:#.4g}" + (f" ± {cell.std:.2g}" if len(cell.values) > 1 else "")
+        text = f"**{text}**" if cell.best else text
+        text += f" (n={len(cell.values)}" + (f", {cell.diverged} div." if cell.diverged else "")
+        text += ")"
+    if cell.p_value is not None and cell.p_value < 0.05:
+        text += " *"
+    if cell.paper is not None:
+        text += f" [paper: {cell.paper:g}]"
+    return text
+
+
+def to_markdown(table: Table) -> str:
+    header = [_label(table.row_keys, tuple(table.row_keys))] + [
+        _label(table.column_keys, c) for c in table.columns
+    ]
+    header[0] = " / ".join(table.row_keys)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.rows:
+        cells = [format_cell(table.cells.get((row, c))) for c in table.columns]
+        lines.append("| " + " | ".join([_label(table.row_keys, row)] + cells) + " |")
+    baselines = [table.baselines.get(c) for c in table.columns]
+    if any(b is not None for b in baselines):
+        cells = ["–" if b is None else f"{b:#.4g}" for b in baselines]
+        lines.append("| memoryless baseline | " + " | ".join(cells) + " |")
+    notes = [
+        f"Final test `{table.metric}`, mean ± std over the seeds that did not diverge; "
+        "n = seeds counted, div. = seeds that diverged; bold = best in the column."
+    ]
+    if table.reference:
+        notes.append(f"`*`: Welch t-test against `{table.reference}` significant at 5%.")
+    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        [
+            *table.row_keys,
+            *table.column_keys,
+            "metric",
+            "mean",
+            "std",
+            "n",
+            "diverged",
+            "p_value",
+            "paper",
+        ]
+    )
+    for (row, column), cell in table.cells.items():
+        writer.writerow(
+            [
+                *row,
+                *column,
+                table.metric,
+                cell.mean,
+                cell.std,
+                len(cell.values),
+                cell.diverged,
+                cell.p_value,
+                cell.paper,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def learning_curves(runs: list[Run], table: Table, split: str = "validation") -> dict:
+    """{column: {row: (steps, per-seed values (S, steps))}} of the metric on ``split``."""
+    import json
+
+    curves: dict = {}
+    for run in runs:
+        row = tuple(run.config.get(k) for k in table.row_keys)
+        column = tuple(run.config.get(k) for k in table.column_keys)
+        records = [json.loads(line) for line in (run.folder / "metrics.jsonl").open()]
+        records = [r for r in records if r["split"] == split and r.get(table.metric) is not None]
+        steps = sorted({r["step"] for r in records})
+        seeds = sorted({r["seed"] for r in records} - set(run.summary["diverged"]))
+        grid = np.full((len(seeds), len(steps)), np.nan)
+        for r in records:
+            if r["seed"] in seeds:
+                grid[seeds.index(r["seed"]), steps.index(r["step"])] = r[table.metric]
+        curves.setdefault(column, {})[row] = (np.array(steps), grid)
+    return curves
+
+
+def plot_curves(runs: list[Run], table: Table, out_dir: Path, split: str = "validation"):
+    """One PNG per task setting: a line per design (mean over seeds) with a min–max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for column, by_row in learning_curves(runs, table, split).items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for row, (steps, grid) in by_row.items():
+            if grid.size == 0 or np.all(np.isnan(grid)):
+                continue
+            mean = np.nanmean(grid, axis=0)
+            line = ax.plot(steps, mean, label=_label(table.row_keys, row))[0]
+            ax.fill_between(
+                steps, np.nanmin(grid, 0), np.nanmax(grid, 0), alpha=0.2, color=line.get_color()
+            )
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{split} {table.metric}")
+        ax.set_title(_label(table.column_keys, column))
+        if table.metric not in HIGHER_IS_BETTER:
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = "curves_" + _label(table.column_keys, column).replace(" ", "_").replace("/", "_")
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_table(
+    root: str | Path,
+    metric: str = "loss",
+    *,
+    reference: str | None = None,
+    row_keys: tuple[str, ...] = ("cell",),
+    paper: list[dict] | None = None,
+    out_dir: str | Path | None = None,
+) -> Table:
+    """Read the runs under ``root``; write table.md, table.csv and the curves beside them."""
+    runs = load_runs(root)
+    table = build_table(runs, metric, row_keys=row_keys, reference=reference, paper=paper)
+    out_dir = Path(out_dir or root)
+    write_atomic(out_dir / f"table_{metric}.md", to_markdown(table))
+    write_atomic(out_dir / f"table_{metric}.csv", to_csv(table))
+    plot_curves(runs, table, out_dir)
+    return table

@@ -1,0 +1,225 @@
+"""Sweeps (expand, resume, W&B export) and tables (statistics on runs of known values)."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from gru_research.sweep import expand, export_wandb, load_sweep, run_sweep
+from gru_research.tables import build_table, load_runs, to_csv, to_markdown, write_table
+from gru_research.tracking import offline_run_files, read_offline_history
+
+TINY = {
+    "task": {"value": "adding"},
+    "seq_len": {"value": 8},
+    "hidden": {"value": 8},
+    "steps": {"value": 10},
+    "batch_size": {"value": 8},
+    "log_every": {"value": 5},
+    "eval_every": {"value": 10},
+    "checkpoint_every": {"value": 10},
+    "eval_batches": {"value": 1},
+}
+
+
+def write_sweep(path: Path, parameters: dict, **extra) -> Path:
+    path.write_text(
+        yaml.safe_dump({"method": "grid", "seeds": 2, "parameters": parameters, **extra})
+    )
+    return path
+
+
+def test_grid_expands_to_the_cartesian_product_in_file_order(tmp_path):
+    sweep = load_sweep(
+        write_sweep(
+            tmp_path / "s.yaml",
+            {
+                "cell": {"values": ["gru", "lstm", "mgu"]},
+                "seq_len": {"values": [10, 20]},
+                "lr": {"value": 0.01},
+            },
+        )
+    )
+    points = expand(sweep)
+    assert len(points) == 6
+    assert points[0] == {"cell": "gru", "seq_len": 10, "lr": 0.01}
+    assert points[1] == {"cell": "gru", "seq_len": 20, "lr": 0.01}
+    assert [p["cell"] for p in points] == ["gru", "gru", "lstm", "lstm", "mgu", "mgu"]
+
+
+def test_random_sweep_draws_n_points_within_the_distributions(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "method": "random",
+                "runs": 7,
+                "parameters": {
+                    "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+                    "hidden": {"distribution": "int_uniform", "min": 8, "max": 16},
+                    "cell": {"values": ["gru", "lstm"]},
+                },
+            }
+        )
+    )
+    points = expand(load_sweep(path))
+    assert len(points) == 7 and points == expand(load_sweep(path))
+    assert all(1e-4 <= p["lr"] <= 1e-2 and 8 <= p["hidden"] <= 16 for p in points)
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"colour": {"value": 1}}, "unknown parameters"),
+        ({"seeds": {"value": 3}}, "seeds are not a parameter"),
+    ],
+)
+def test_bad_sweep_files_are_one_line(tmp_path, parameters, message):
+    with pytest.raises(ValueError, match=message):
+        load_sweep(write_sweep(tmp_path / "s.yaml", parameters))
+
+
+def test_an_interrupted_sweep_skips_finished_points(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", {**TINY, "cell": {"values": ["gru", "min_gru"]}})
+
+    def crash_after_first_point(line):
+        raise KeyboardInterrupt(line)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(path, tmp_path / "out", wandb_mode="disabled", progress=crash_after_first_point)
+    first = tmp_path / "out" / "runs" / "cell=gru" / "summary.json"
+    assert first.exists() and not (tmp_path / "out" / "runs" / "cell=min_gru").exists()
+    before = first.stat().st_mtime_ns
+    lines = []
+    summaries = run_sweep(path, tmp_path / "out", wandb_mode="disabled", progress=lines.append)
+    assert "already done" in lines[0] and "already done" not in lines[1]
+    assert first.stat().st_mtime_ns == before
+    assert [s["cell"] for s in summaries] == ["gru", "min_gru"]
+
+
+def test_exported_wandb_sweep_command_trains_a_point(tmp_path):
+    path = write_sweep(
+        tmp_path / "s.yaml",
+        {**TINY, "cell": {"values": ["gru", "mgu"]}},
+        report={"metrics": ["loss"]},
+        name="tiny",
+    )
+    exported = export_wandb(path, tmp_path / "wandb_sweep.yaml")
+    loaded = yaml.safe_load((tmp_path / "wandb_sweep.yaml").read_text())
+    assert loaded == exported
+    assert {"method", "metric", "parameters", "command"} <= loaded.keys() or "metric" not in loaded
+    assert "report" not in loaded and loaded["parameters"]["seeds"] == {"value": 2}
+    # what `wandb agent` runs for one point: ${env} ${program-less command} ${args}
+    point = expand(load_sweep(path))[1] | {"seeds": 2}
+    agent_args = [f"--{k}={v}" for k, v in point.items()]
+    executable = shutil.which("gru-research")
+    prefix = [executable] if executable else [sys.executable, "-m", "gru_research.cli"]
+    command = []
+    for part in loaded["command"]:
+        if part == "${env}":
+            command.append("/usr/bin/env")
+        elif part == "${args}":
+            command.extend(agent_args)
+        elif part == "gru-research":
+            command.extend(prefix)
+        else:
+            command.append(part)
+    env = {
+        **os.environ,
+        "WANDB_RUN_ID": "agentrun",
+        "WANDB_SWEEP_ID": "sweep1",
+    }
+    env.pop("WANDB_MODE", None)  # the code sets the mode itself (offline by default)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "sweep1" / "agentrun"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["cell"] == "mgu" and summary["seeds"] == [0, 1]
+    # under the agent: one W&B run, the sweep metric the mean over seeds, per-seed values beside
+    (wandb_file,) = offline_run_files(run).values()
+    rows = [r for r in read_offline_history(wandb_file) if "validation/loss" in r]
+    assert rows and all(
+        r["validation/loss"]
+        == pytest.approx((r["seed_0/validation/loss"] + r["seed_1/validation/loss"]) / 2)
+        for r in rows
+    )
+
+
+def fake_run(root: Path, cell: str, seq_len: int, losses: list, diverged=()) -> None:
+    folder = root / f"{cell}-{seq_len}"
+    folder.mkdir(parents=True)
+    seeds = list(range(len(losses)))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {"run": {"task": "copy", "cell": cell, "seq_len": seq_len, "seeds": len(losses)}}
+        )
+    )
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {
+                "task": "copy",
+                "cell": cell,
+                "seeds": seeds,
+                "diverged": list(diverged),
+                "final": {
+                    "loss": [
+                        None if s in diverged else v for s, v in zip(seeds, losses, strict=True)
+                    ]
+                },
+                "baseline": {"loss": 10 * math.log(8) / (seq_len + 20)},
+            }
+        )
+    )
+    lines = [
+        json.dumps({"step": step, "seed": s, "split": "validation", "loss": v * 10 / step})
+        for step in (5, 10)
+        for s, v in zip(seeds, losses, strict=True)
+        if s not in diverged
+    ]
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_table_statistics_on_runs_of_known_values(tmp_path):
+    fake_run(tmp_path, "gru", 10, [0.10, 0.12, 0.14])
+    fake_run(tmp_path, "lstm", 10, [0.30, 0.31, 0.29, 5.0], diverged=[3])
+    fake_run(tmp_path, "gru", 50, [0.20, 0.20])
+    fake_run(tmp_path, "lstm", 50, [0.10, 0.12])
+    paper = [{"cell": "lstm", "seq_len": 10, "value": 0.25}]
+    table = build_table(load_runs(tmp_path), "loss", reference="gru", paper=paper)
+    assert table.column_keys == ["task", "seq_len"]
+    gru10, lstm10 = table.cells[(("gru",), ("copy", 10))], table.cells[(("lstm",), ("copy", 10))]
+    assert gru10.mean == pytest.approx(0.12) and gru10.std == pytest.approx(0.02)
+    assert len(gru10.values) == 3 and gru10.diverged == 0
+    assert lstm10.mean == pytest.approx(0.30) and len(lstm10.values) == 3
+    assert lstm10.diverged == 1 and lstm10.paper == 0.25
+    expected_p = stats.ttest_ind([0.30, 0.31, 0.29], [0.10, 0.12, 0.14], equal_var=False).pvalue
+    assert lstm10.p_value == pytest.approx(expected_p) and expected_p < 0.05
+    assert gru10.best and not lstm10.best
+    assert table.cells[(("lstm",), ("copy", 50))].best
+    markdown = to_markdown(table)
+    assert "**0.1200 ± 0.02** (n=3)" in markdown
+    assert "0.3000 ± 0.01 (n=3, 1 div.) * [paper: 0.25]" in markdown
+    assert "memoryless baseline" in markdown
+    rows = to_csv(table).splitlines()
+    assert rows[0].startswith("cell,task,seq_len,metric,mean,std,n,diverged")
+    assert len(rows) == 5
+
+
+def test_table_writes_markdown_csv_and_plots(tmp_path):
+    fake_run(tmp_path / "runs", "gru", 10, [0.1, 0.2])
+    fake_run(tmp_path / "runs", "mgu", 10, [0.3, 0.4])
+    write_table(tmp_path, "loss", out_dir=tmp_path)
+    assert (tmp_path / "table_loss.md").exists() and (tmp_path / "table_loss.csv").exists()
+    plots = list(tmp_path.glob("curves_*.png"))
+    assert len(plots) == 1 and plots[0].stat().st_size > 1000
+    assert np.isfinite(
+        float((tmp_path / "table_loss.csv").read_text().splitlines()[1].split(",")[4])
+    )
