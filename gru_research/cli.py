@@ -16,11 +16,13 @@ import json
 import logging
 import os
 import sys
+import time
 import typing
 from pathlib import Path
 
 from gru_research.gates import PRESETS
 from gru_research.model import design_param_count
+from gru_research.report import write_report
 from gru_research.scan import SCAN_KINDS
 from gru_research.sweep import export_wandb, load_sweep, run_sweep
 from gru_research.tables import to_markdown, write_table
@@ -110,10 +112,18 @@ def run_sweep_command(args: argparse.Namespace) -> None:
         export_wandb(args.file, args.export_wandb)
         print(f"wrote {args.export_wandb}: `wandb sweep {args.export_wandb}`, then `wandb agent`")
         return
+    start = time.perf_counter()
     run_sweep(
         args.file, args.out, wandb_mode=args.wandb, progress=lambda line: print(line, flush=True)
     )
-    print(make_tables(args.out))
+    report = write_report(
+        args.out,
+        load_sweep(args.file),
+        command=f"gru-research sweep {args.file} --out {args.out}",
+        wall_time_s=time.perf_counter() - start,
+    )
+    print(report.read_text().split("## Final test", 1)[1].split("\n## ", 1)[0].strip())
+    print(f"\nreport, tables and plots: {report.parent}/")
 
 
 def make_tables(

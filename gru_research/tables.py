@@ -63,6 +63,7 @@ class Table:
     cells: dict[tuple, Cell] = field(default_factory=dict)
     baselines: dict[tuple, float] = field(default_factory=dict)
     reference: str | None = None
+    total_seconds: float = 0.0
 
 
 def load_runs(root: str | Path) -> list[Run]:
@@ -106,6 +107,7 @@ def build_table(
         cell = table.cells.setdefault(at, Cell([], 0))
         cell.values.extend(run.values(metric))
         cell.diverged += len(run.summary["diverged"])
+        table.total_seconds += run.summary.get("wall_time_s", 0.0)
         if metric in run.summary.get("baseline", {}):
             table.baselines[at[1]] = run.summary["baseline"][metric]
     for (row, column), cell in table.cells.items():

@@ -1,0 +1,150 @@
+"""An experiment's report: provenance, tables, plots, the paper's numbers and its claims checked.
+
+The sweep file's ``report`` section says what the report holds::
+
+    report:
+      metrics: [loss, accuracy]   # final test metrics, one table each (first: the claims')
+      reference: gru              # the Welch t-test's reference design
+      rows: cell                  # row parameters (comma-separated), default cell
+      paper:                      # published numbers, matched on the listed config values
+        - {cell: lstm, seq_len: 100, value: 0.145, source: "Fig. 1, read off the plot"}
+      claims:                     # each checked on the table's means
+        - text: "the tanh RNN stays at the memoryless baseline at T = 200"
+          where: {cell: rnn_tanh, seq_len: 200}
+          within_baseline: 0.05   # |mean / baseline − 1| <= 0.05
+        # other checks: below: X, above: X, below_baseline: F (mean <= F × baseline),
+        # better_than: {cell: gru} (at the same column), close_to: {cell: gru, tolerance: 0.1},
+        # metric: NAME (default: the first)
+
+A claim holds when every table cell it selects passes its check; the report says
+"held", "not held" or "no data" and shows the numbers behind the verdict.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jax
+
+from gru_research.tables import HIGHER_IS_BETTER, Cell, Table, _label, to_markdown, write_table
+from gru_research.tracking import git_commit, package_version, write_atomic
+
+CHECKS = ("below", "above", "within_baseline", "below_baseline", "better_than", "close_to")
+
+
+def _selected(table: Table, where: dict) -> list[tuple[tuple, tuple, Cell]]:
+    chosen = []
+    for (row, column), cell in table.cells.items():
+        values = dict(zip(table.row_keys, row, strict=True))
+        values |= dict(zip(table.column_keys, column, strict=True))
+        if all(values.get(k) == v for k, v in where.items()) and cell.values:
+            chosen.append((row, column, cell))
+    return chosen
+
+
+def check_claim(claim: dict, table: Table) -> tuple[str, str]:
+    """(verdict, the figures behind it) of one claim on one table."""
+    kind = next((k for k in CHECKS if k in claim), None)
+    if kind is None:
+        raise ValueError(f"claim {claim.get('text')!r} has no check; valid checks: {CHECKS}")
+    selected = _selected(table, claim.get("where", {}))
+    if not selected:
+        return "no data", "no finished runs match"
+    sign = -1 if table.metric in HIGHER_IS_BETTER else 1
+    results, evidence = [], []
+    for row, column, cell in selected:
+        name = f"{_label(table.row_keys, row)} @ {_label(table.column_keys, column)}"
+        baseline = table.baselines.get(column)
+        if kind == "below":
+            ok, note = cell.mean <= claim["below"], f"{cell.mean:.4g} vs {claim['below']}"
+        elif kind == "above":
+            ok, note = cell.mean >= claim["above"], f"{cell.mean:.4g} vs {claim['above']}"
+        elif baseline is None:
+            ok, note = False, "no baseline"
+        elif kind == "within_baseline":
+            ratio = cell.mean / baseline
+            ok, note = abs(ratio - 1) <= claim["within_baseline"], f"{ratio:.3f}× baseline"
+        elif kind == "below_baseline":
+            ratio = cell.mean / baseline
+            ok, note = ratio <= claim["below_baseline"], f"{ratio:.3f}× baseline"
+        else:
+            other_row = tuple(
+                claim["better_than"].get(k, v) for k, v in zip(table.row_keys, row, strict=True)
+            )
+            other = table.cells.get((other_row, column))
+            if other is None or not other.values:
+                ok, note = False, f"no runs of {_label(table.row_keys, other_row)}"
+            else:
+                ok = sign * cell.mean < sign * other.mean
+                note = f"{cell.mean:.4g} vs {other.mean:.4g}"
+        results.append(ok)
+        evidence.append(f"{name}: {note}")
+    return ("held" if all(results) else "not held"), "; ".join(evidence)
+
+
+def write_report(out: str | Path, sweep: dict, *, command: str, wall_time_s: float) -> Path:
+    """Tables, plots and ``report.md`` for the sweep whose run folders are under ``out``."""
+    out = Path(out)
+    spec = sweep.get("report", {})
+    metrics = spec.get("metrics", ["loss"])
+    row_keys = tuple(spec.get("rows", "cell").split(","))
+    tables = [
+        write_table(
+            out, m, reference=spec.get("reference"), row_keys=row_keys, paper=spec.get("paper")
+        )
+        for m in metrics
+    ]
+    fixed = {k: v["value"] for k, v in sweep["parameters"].items() if "value" in v}
+    varied = {k: v["values"] for k, v in sweep["parameters"].items() if "values" in v}
+    lines = [
+        f"# {sweep.get('name', out.name)}",
+        "",
+        sweep.get("description", "").strip(),
+        "",
+        "## Provenance",
+        "",
+        f"- command: `{command}`",
+        f"- git commit: `{git_commit()}`, package {package_version()}",
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{jax.device_count()} {jax.default_backend()} device(s), Python {sys.version.split()[0]},"
+        f" jax {jax.__version__}",
+        f"- wall time: {wall_time_s / 60:.1f} min for this invocation of the sweep; "
+        f"{sum(t.total_seconds for t in tables[:1]) / 60:.1f} min of training summed over its "
+        "points (each point's own run, resumed parts included)",
+        f"- seeds per point: {sweep.get('seeds', 1)} (vmapped)",
+        f"- varied: {', '.join(f'{k} ∈ {v}' for k, v in varied.items())}",
+        f"- fixed: {', '.join(f'{k}={v}' for k, v in fixed.items())}",
+    ]
+    if spec.get("scale_note"):
+        lines += ["", f"**Scale.** {spec['scale_note'].strip()}"]
+    for table in tables:
+        lines += ["", f"## Final test {table.metric}", "", to_markdown(table)]
+    plots = sorted(p.name for p in out.glob("curves_*.png"))
+    if plots:
+        lines += ["## Learning curves (validation)", ""]
+        lines += [f"![{p}]({p})" for p in plots]
+    if spec.get("paper"):
+        lines += ["", "## The paper's numbers", "", "| where | value | source |", "|---|---|---|"]
+        for entry in spec["paper"]:
+            where = ", ".join(
+                f"{k}={v}" for k, v in entry.items() if k not in ("value", "source", "metric")
+            )
+            lines.append(f"| {where} | {entry['value']} | {entry.get('source', '')} |")
+    if spec.get("claims"):
+        lines += [
+            "",
+            "## Claims at this scale",
+            "",
+            "| claim | verdict | figures |",
+            "|---|---|---|",
+        ]
+        by_metric = {t.metric: t for t in tables}
+        for claim in spec["claims"]:
+            verdict, evidence = check_claim(claim, by_metric[claim.get("metric", metrics[0])])
+            lines.append(f"| {claim['text']} | **{verdict}** | {evidence} |")
+    path = out / "report.md"
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path
