@@ -71,14 +71,16 @@ def check_claim(claim: dict, table: Table) -> tuple[str, str]:
             ratio = cell.mean / baseline
             ok, note = ratio <= claim["below_baseline"], f"{ratio:.3f}× baseline"
         else:
-            other_row = tuple(
-                claim["better_than"].get(k, v) for k, v in zip(table.row_keys, row, strict=True)
-            )
+            against = claim[kind]
+            other_row = tuple(against.get(k, v) for k, v in zip(table.row_keys, row, strict=True))
             other = table.cells.get((other_row, column))
             if other is None or not other.values:
                 ok, note = False, f"no runs of {_label(table.row_keys, other_row)}"
-            else:
+            elif kind == "better_than":
                 ok = sign * cell.mean < sign * other.mean
+                note = f"{cell.mean:.4g} vs {other.mean:.4g}"
+            else:
+                ok = abs(cell.mean - other.mean) <= against["tolerance"]
                 note = f"{cell.mean:.4g} vs {other.mean:.4g}"
         results.append(ok)
         evidence.append(f"{name}: {note}")

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from scipy import stats
 
+from gru_research.report import write_report
 from gru_research.sweep import expand, export_wandb, load_sweep, run_sweep
 from gru_research.tables import build_table, load_runs, to_csv, to_markdown, write_table
 from gru_research.tracking import offline_run_files, read_offline_history
@@ -223,3 +224,41 @@ def test_table_writes_markdown_csv_and_plots(tmp_path):
     assert np.isfinite(
         float((tmp_path / "table_loss.csv").read_text().splitlines()[1].split(",")[4])
     )
+
+
+def test_report_checks_claims_on_the_table(tmp_path):
+    fake_run(tmp_path / "runs", "gru", 10, [0.10, 0.12])
+    fake_run(tmp_path / "runs", "rnn_tanh", 10, [0.69, 0.70])  # baseline 10 ln 8 / 30 = 0.693
+    sweep = {
+        "name": "claims",
+        "seeds": 2,
+        "parameters": {"cell": {"values": ["gru", "rnn_tanh"]}, "seq_len": {"value": 10}},
+        "report": {
+            "metrics": ["loss"],
+            "claims": [
+                {
+                    "text": "tanh at baseline",
+                    "where": {"cell": "rnn_tanh"},
+                    "within_baseline": 0.02,
+                },
+                {
+                    "text": "gru beats tanh",
+                    "where": {"cell": "gru"},
+                    "better_than": {"cell": "rnn_tanh"},
+                },
+                {"text": "gru below 0.05", "where": {"cell": "gru"}, "below": 0.05},
+                {"text": "lstm solves it", "where": {"cell": "lstm"}, "below": 0.05},
+                {
+                    "text": "gru close to tanh",
+                    "where": {"cell": "gru"},
+                    "close_to": {"cell": "rnn_tanh", "tolerance": 0.1},
+                },
+            ],
+        },
+    }
+    report = write_report(tmp_path, sweep, command="gru-research sweep x", wall_time_s=60)
+    text = report.read_text()
+    claims = text.split("## Claims at this scale", 1)[1].splitlines()[4:]
+    verdicts = [line.split("|")[2].strip() for line in claims if line.startswith("| ")]
+    assert verdicts == ["**held**", "**held**", "**not held**", "**no data**", "**not held**"]
+    assert "git commit" in text and "wall time" in text and "![curves_" in text
