@@ -106,7 +106,24 @@ def init_layer(key: Array, design: GateDesign, input_size: int, hidden_size: int
     params["b"][cand] = jnp.zeros((hidden_size,))
     if design.has_recurrent_bias:
         params["c_h"] = jnp.zeros((hidden_size,))
+    if design.chrono_t_max is not None and design.keep_gate is not None:
+        gate, sign = design.keep_gate
+        bias = chrono_bias(jax.random.fold_in(key, 1), design.chrono_t_max, hidden_size)
+        params["b"][gate] = sign * bias
+        if design.family == "lstm" and isinstance(design.gate("i"), Gate):
+            params["b"]["i"] = -bias
+    if design.learn_initial_state:
+        params["h0"] = jnp.zeros((hidden_size,))
+        if design.family == "lstm":
+            params["c0"] = jnp.zeros((hidden_size,))
     return params
+
+
+def chrono_bias(key: Array, t_max: float, hidden_size: int) -> Array:
+    """log U[1, T_max − 1] (Tallec & Ollivier, 2018): forget time scales up to T_max."""
+    if t_max <= 2:
+        raise ValueError(f"chrono_t_max must be > 2, got {t_max}")
+    return jnp.log(jax.random.uniform(key, (hidden_size,), minval=1.0, maxval=t_max - 1.0))
 
 
 def layer_sizes(params: Params) -> tuple[int, int]:
@@ -199,15 +216,21 @@ def _state(design: GateDesign, carry: Carry) -> Array:
 
 
 def recurrent_step(
-    params: Params, design: GateDesign, carry: Carry, pre: Mapping[str, Array]
+    params: Params,
+    design: GateDesign,
+    carry: Carry,
+    pre: Mapping[str, Array],
+    h_mask: Array | None = None,
 ) -> tuple[Carry, Array]:
     """One time step given the hoisted input pre-activations ``pre`` of that step.
 
     The recurrent kernels of every gate that reads h (and of the reset-after candidate) are
-    fused into one (H, G·H) matmul.
+    fused into one (H, G·H) matmul. ``h_mask`` is variational recurrent dropout (Gal &
+    Ghahramani, 2016): the same mask multiplies h wherever a matmul reads it, at every step.
     """
     h = _state(design, carry)
-    hp = _fused_matmul(h, params["U"], state_fed(design))
+    h_read = h if h_mask is None else h * h_mask
+    hp = _fused_matmul(h_read, params["U"], state_fed(design))
     gates = gate_values(design, pre, hp)
     cand = design.candidate_name
     phi = ACTIVATIONS[design.candidate.activation]
@@ -223,7 +246,7 @@ def recurrent_step(
     z, r = gates["z"], gates["r"]
     v = pre.get(cand, 0.0)
     if design.candidate.h and design.reset == "before":
-        v = v + (r * h) @ params["U"][cand]
+        v = v + (r * h_read) @ params["U"][cand]
     elif design.candidate.h:
         v = v + r * (hp[cand] + params.get("c_h", 0.0))
     h_tilde = phi(v)
@@ -292,6 +315,15 @@ def output_from_states(design: GateDesign, states: Array, pre: Mapping[str, Arra
 def zero_carry(design: GateDesign, batch_shape: tuple[int, ...], hidden_size: int) -> Carry:
     h = jnp.zeros(batch_shape + (hidden_size,))
     return (h, h) if design.family == "lstm" else h
+
+
+def initial_carry(params: Params, design: GateDesign, batch_shape: tuple[int, ...]) -> Carry:
+    """The state a fresh sequence starts from: the learned h_0 (and c_0), else zeros."""
+    _, hidden = layer_sizes(params)
+    if "h0" not in params:
+        return zero_carry(design, batch_shape, hidden)
+    h = jnp.broadcast_to(params["h0"], batch_shape + (hidden,))
+    return (jnp.broadcast_to(params["c0"], h.shape), h) if design.family == "lstm" else h
 
 
 def cell_apply(params: Params, design: GateDesign, carry: Carry, x: Array) -> tuple[Carry, Array]:

@@ -22,6 +22,12 @@ Two families share the description (``../shared/DESIGN.md`` §2):
 Candidate activations φ: ``tanh``, ``identity``, ``relu`` and ``g``, Feng et al.'s positive
 map g(v) = v + 0.5 for v ≥ 0, σ(v) otherwise. A design none of whose gates nor candidate reads
 ``h`` is a linear recurrence h_t = a_t ⊙ h_{t−1} + b_t, which the parallel scan can run.
+
+Initialisation options of a design: each gate's constant ``bias_init`` (the LSTM forget bias
+1 of Jozefowicz et al., 2015, or 0); ``chrono_t_max`` for chrono initialisation (Tallec &
+Ollivier, 2018; see :attr:`GateDesign.keep_gate`); ``recurrent_init`` orthogonal (as Flax),
+identity (Le et al., 2015) or LeCun-normal; ``learn_initial_state`` for a learned h_0 (and
+c_0) that starts every sequence and every reset.
 """
 
 from __future__ import annotations
@@ -95,6 +101,8 @@ class GateDesign:
     normalise: bool = False
     output_activation: Literal["tanh", "identity"] = "tanh"
     recurrent_init: Literal["orthogonal", "identity", "lecun_normal"] = "orthogonal"
+    chrono_t_max: float | None = None
+    learn_initial_state: bool = False
     paper: str = ""
 
     def __post_init__(self) -> None:
@@ -109,6 +117,21 @@ class GateDesign:
                 target = self.gate(source.gate)
                 if not isinstance(target, Gate | Fixed):
                     raise ValueError(f"design {self.name!r}: gate {name} refers to a non-gate")
+
+    @property
+    def keep_gate(self) -> tuple[str, int] | None:
+        """The learned gate that keeps the old state and the sign its chrono bias gets.
+
+        Chrono initialisation (Tallec & Ollivier, 2018) sets the bias of the gate that *keeps*
+        the old state to log U[1, T_max − 1]: the LSTM's f (and i to its negative), the GRU's
+        z where z keeps (``update="keep"``); where z *writes* the candidate (mgu, min_gru) its
+        bias gets the negative (DESIGN.md §5).
+        """
+        if self.family == "lstm":
+            return ("f", 1) if isinstance(self.gate("f"), Gate) else None
+        if not isinstance(self.gate("z"), Gate):
+            return None
+        return ("z", 1) if self.update == "keep" else ("z", -1)
 
     def gate(self, name: str) -> GateSource:
         return dict(self.gates)[name]

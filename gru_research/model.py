@@ -42,10 +42,22 @@ class ModelConfig:
     block: Literal["plain", "residual"] = "plain"
     ff_mult: int = 4
     scan: ScanKind = "auto"
+    bidirectional: Literal["concat", "sum"] | None = None
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         get_design(self.cell)
         resolve_scan(self.design, self.scan)
+        if self.bidirectional not in (None, "concat", "sum"):
+            raise ValueError(
+                f"unknown bidirectional {self.bidirectional!r}; valid: concat, sum (or none)"
+            )
+        if self.bidirectional == "concat" and self.block == "residual":
+            raise ValueError("the residual block keeps its width: use bidirectional 'sum'")
+        for name in ("dropout", "recurrent_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("input_size", "hidden_size", "output_size", "num_layers", "ff_mult"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -55,6 +67,11 @@ class ModelConfig:
     @property
     def design(self) -> GateDesign:
         return get_design(self.cell)
+
+    @property
+    def layer_width(self) -> int:
+        """Width of a layer's output: 2H for concatenated directions."""
+        return 2 * self.hidden_size if self.bidirectional == "concat" else self.hidden_size
 
     @property
     def feature_size(self) -> int:
@@ -79,15 +96,15 @@ def rms_norm(scale: Array, x: Array, eps: float = 1e-6) -> Array:
 
 def init_model(key: Array, config: ModelConfig) -> Params:
     """Parameters of the whole model for one seed."""
-    design, H = config.design, config.hidden_size
+    H = config.hidden_size
     k_embed, k_in, k_out, *k_layers = jax.random.split(key, 3 + config.num_layers)
     params: Params = {}
     if config.vocab_size:
         params["embed"] = jax.random.normal(k_embed, (config.vocab_size, H))
     if config.block == "plain":
-        sizes = [config.feature_size] + [H] * (config.num_layers - 1)
+        sizes = [config.feature_size] + [config.layer_width] * (config.num_layers - 1)
         params["layers"] = [
-            init_layer(k, design, n, H) for k, n in zip(k_layers, sizes, strict=True)
+            _init_recurrent(k, config, n) for k, n in zip(k_layers, sizes, strict=True)
         ]
     else:
         if not config.vocab_size:
@@ -98,15 +115,87 @@ def init_model(key: Array, config: ModelConfig) -> Params:
             params["blocks"].append(
                 {
                     "norm_rnn": jnp.ones((H,)),
-                    "rnn": init_layer(k_rnn, design, H, H),
+                    "rnn": _init_recurrent(k_rnn, config, H),
                     "norm_ff": jnp.ones((H,)),
                     "ff_in": _dense(k_ff1, H, config.ff_mult * H),
                     "ff_out": _dense(k_ff2, config.ff_mult * H, H),
                 }
             )
         params["norm_out"] = jnp.ones((H,))
-    params["readout"] = _dense(k_out, H, config.output_size)
+    width = config.layer_width if config.block == "plain" else H
+    params["readout"] = _dense(k_out, width, config.output_size)
     return params
+
+
+def _init_recurrent(key: Array, config: ModelConfig, input_size: int) -> Params:
+    """One recurrent layer, or a forward and a backward one for a bidirectional layer."""
+    if not config.bidirectional:
+        return init_layer(key, config.design, input_size, config.hidden_size)
+    k_fwd, k_bwd = jax.random.split(key)
+    return {
+        "forward": init_layer(k_fwd, config.design, input_size, config.hidden_size),
+        "backward": init_layer(k_bwd, config.design, input_size, config.hidden_size),
+    }
+
+
+def reverse_sequences(xs: Array, seq_lengths: Array | None = None) -> Array:
+    """Reverse each sequence of a right-padded batch (B, T, ...) within its own length."""
+    if seq_lengths is None:
+        return xs[:, ::-1]
+    steps = jnp.arange(xs.shape[1])[None, :]
+    lengths = seq_lengths[:, None]
+    index = jnp.where(steps < lengths, lengths - 1 - steps, steps)
+    return jnp.take_along_axis(xs, index.reshape(index.shape + (1,) * (xs.ndim - 2)), axis=1)
+
+
+def dropout(key: Array | None, rate: float, x: Array) -> Array:
+    """Inverted dropout; the identity without a key (evaluation) or at rate 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def recurrent_dropout_mask(key: Array | None, rate: float, batch: int, hidden: int):
+    """Variational dropout (Gal & Ghahramani, 2016): one (B, H) mask for all time steps."""
+    if key is None or rate == 0.0:
+        return None
+    return jax.random.bernoulli(key, 1.0 - rate, (batch, hidden)) / (1.0 - rate)
+
+
+def _run_recurrent(
+    params: Params,
+    config: ModelConfig,
+    x: Array,
+    carry,
+    seq_lengths: Array | None,
+    resets: Array | None,
+    mask_key: Array | None,
+):
+    """A layer (or both directions of a bidirectional one) over a batch."""
+    design, batch = config.design, x.shape[0]
+
+    def run(p, xs, c, key):
+        mask = recurrent_dropout_mask(key, config.recurrent_dropout, batch, config.hidden_size)
+        return run_layer(
+            p, design, xs, c, scan=config.scan, seq_lengths=seq_lengths, resets=resets, h_mask=mask
+        )
+
+    if not config.bidirectional:
+        return run(params, x, carry, mask_key)
+    if resets is not None:
+        raise ValueError("resets are not defined for bidirectional layers")
+    keys = (None, None) if mask_key is None else jax.random.split(mask_key)
+    carry = (None, None) if carry is None else carry
+    ys_fwd, c_fwd = run(params["forward"], x, carry[0], keys[0])
+    ys_bwd, c_bwd = run(params["backward"], reverse_sequences(x, seq_lengths), carry[1], keys[1])
+    ys_bwd = reverse_sequences(ys_bwd, seq_lengths)
+    ys = (
+        ys_fwd + ys_bwd
+        if config.bidirectional == "sum"
+        else jnp.concatenate([ys_fwd, ys_bwd], axis=-1)
+    )
+    return ys, (c_fwd, c_bwd)
 
 
 def apply_model(
@@ -114,32 +203,49 @@ def apply_model(
     config: ModelConfig,
     inputs: Array,
     carries: Sequence[Carry] | None = None,
+    *,
+    seq_lengths: Array | None = None,
+    resets: Array | None = None,
+    dropout_key: Array | None = None,
 ) -> tuple[Array, list[Carry]]:
     """Outputs (B, T, output_size) and the last carry of every layer.
 
     ``inputs`` are token ids (B, T) when the config has a vocabulary, else features (B, T, I).
-    ``carries`` (one per layer) start the layers; zeros when omitted.
+    ``carries`` (one per layer) start the layers; the initial state when omitted.
+    ``seq_lengths`` and ``resets`` are passed to every layer (see :func:`run_layer`).
+    ``dropout_key`` turns dropout on (training): dropout on every layer's input and on the
+    output (Zaremba et al., 2014) and variational recurrent dropout (Gal & Ghahramani, 2016),
+    each from its own stream of the key; without it the model is deterministic.
     """
-    design = config.design
     x = params["embed"][inputs] if config.vocab_size else inputs
     carries = list(carries) if carries is not None else [None] * config.num_layers
+
+    def keys(layer: int):
+        if dropout_key is None:
+            return None, None
+        layer_key = jax.random.fold_in(dropout_key, layer)
+        return jax.random.fold_in(layer_key, 0), jax.random.fold_in(layer_key, 1)
+
     new_carries = []
     if config.block == "plain":
-        for layer, carry in zip(params["layers"], carries, strict=True):
-            x, carry = run_layer(layer, design, x, carry, scan=config.scan)
+        for i, (layer, carry) in enumerate(zip(params["layers"], carries, strict=True)):
+            input_key, mask_key = keys(i)
+            x = dropout(input_key, config.dropout, x)
+            x, carry = _run_recurrent(layer, config, x, carry, seq_lengths, resets, mask_key)
             new_carries.append(carry)
     else:
         if "in_proj" in params:
             x = _apply_dense(params["in_proj"], x)
-        for block, carry in zip(params["blocks"], carries, strict=True):
-            y, carry = run_layer(
-                block["rnn"], design, rms_norm(block["norm_rnn"], x), carry, scan=config.scan
-            )
+        for i, (block, carry) in enumerate(zip(params["blocks"], carries, strict=True)):
+            input_key, mask_key = keys(i)
+            h = dropout(input_key, config.dropout, rms_norm(block["norm_rnn"], x))
+            y, carry = _run_recurrent(block["rnn"], config, h, carry, seq_lengths, resets, mask_key)
             x = x + y
             ff = jax.nn.gelu(_apply_dense(block["ff_in"], rms_norm(block["norm_ff"], x)))
             x = x + _apply_dense(block["ff_out"], ff)
             new_carries.append(carry)
         x = rms_norm(params["norm_out"], x)
+    x = dropout(keys(config.num_layers)[0], config.dropout, x)
     return _apply_dense(params["readout"], x), new_carries
 
 
