@@ -28,7 +28,7 @@ from gru_research.sweep import export_wandb, load_sweep, run_sweep
 from gru_research.tables import to_markdown, write_table
 from gru_research.tasks import TASKS
 from gru_research.tracking import WANDB_MODES
-from gru_research.train import OPTIMIZERS, SCHEDULES, TrainConfig, train
+from gru_research.train import OPTIMIZERS, RECURRENT_INITS, SCHEDULES, TrainConfig, train
 
 TRAIN_HELP = {
     "task": "the task",
@@ -48,6 +48,15 @@ TRAIN_HELP = {
     "text_file": "lm: a plain text file instead of TFDS",
     "tfds_data_dir": "lm: where TFDS prepares data",
     "tfds_manual_dir": "lm: the TFDS manual directory",
+    "param_budget": "size every design to the largest hidden size within this many parameters",
+    "bidirectional": "a forward and a reversed layer, concatenated or summed",
+    "dropout": "dropout on every layer's input and the output (Zaremba et al., 2014)",
+    "recurrent_dropout": "variational dropout on h, one mask per sequence (Gal & Ghahramani, 2016)",
+    "gate_bias": "constant bias of the gate that keeps the old state (LSTM f, GRU z)",
+    "chrono_t_max": "chrono initialisation with this T_max (Tallec & Ollivier, 2018)",
+    "recurrent_init": "recurrent kernels: orthogonal (the default), identity, lecun_normal",
+    "learn_initial_state": "learn h_0 (and c_0)",
+    "stateful": "lm: B contiguous streams, windows in order, the carry crossing windows (TBPTT)",
 }
 CHOICES = {
     "task": TASKS,
@@ -56,6 +65,8 @@ CHOICES = {
     "scan": SCAN_KINDS,
     "optimizer": OPTIMIZERS,
     "schedule": SCHEDULES,
+    "bidirectional": ("concat", "sum"),
+    "recurrent_init": RECURRENT_INITS,
 }
 
 
@@ -69,7 +80,25 @@ def designs_table(input_size: int, hidden_size: int) -> str:
         count = design_param_count(design, input_size, hidden_size)
         parallel = design.parallel_scan or "no"
         rows.append(f"| {name} | {design.family} | {parallel} | {count:,} | {design.paper} |")
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n\n" + DESIGN_OPTIONS
+
+
+DESIGN_OPTIONS = """Design options (train/sweep options; gru_research.gates.GateDesign fields):
+- --gate-bias B: constant bias of the gate that keeps the old state (LSTM f; GRU z), e.g. 0 or 1
+- --chrono-t-max T: chrono initialisation (Tallec & Ollivier, 2018): that bias ~ log U[1, T-1],
+  the LSTM input gate's its negative; where z writes the candidate (mgu, min_gru) z gets -log U
+- --recurrent-init orthogonal | identity | lecun_normal: the recurrent kernels
+- --learn-initial-state: a learned h_0 (and c_0) starts every sequence and every reset
+- --bidirectional concat | sum, --dropout P, --recurrent-dropout P (variational)"""
+
+
+def parse_bool(text: str) -> bool:
+    """`--stateful`, `--stateful=true`, `--stateful=False` (as a W&B agent passes it)."""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def positive_int(text: str) -> int:
@@ -156,6 +185,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         if typing.get_origin(base) is typing.Literal or field.name in CHOICES:
             base = str
+        flag = {"nargs": "?", "const": True} if base is bool else {}
+        base = parse_bool if base is bool else base
         spellings = dict.fromkeys(["--" + field.name.replace("_", "-"), "--" + field.name])
         parser.add_argument(
             *spellings,  # --batch-size and --batch_size (what a W&B sweep agent passes)
@@ -164,6 +195,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             default=field.default,
             choices=CHOICES.get(field.name),
             help=f"{TRAIN_HELP.get(field.name, '')} (default: {field.default})".strip(),
+            **flag,
         )
     parser.add_argument(
         "--out", help="the run folder (rerun to resume); under `wandb agent`: runs/<run id>"

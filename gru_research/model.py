@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gru_research.cells import Carry, Params, cell_apply, init_layer, zero_carry
+from gru_research.cells import Carry, Params, cell_apply, init_layer, initial_carry, zero_carry
 from gru_research.gates import GateDesign, get_design
 from gru_research.scan import ScanKind, resolve_scan, run_layer
 
@@ -247,6 +247,18 @@ def apply_model(
         x = rms_norm(params["norm_out"], x)
     x = dropout(keys(config.num_layers)[0], config.dropout, x)
     return _apply_dense(params["readout"], x), new_carries
+
+
+def initial_carries(params: Params, config: ModelConfig, batch: int) -> list[Carry]:
+    """The carry every layer starts a fresh sequence from (learned or zeros)."""
+    layers = params["layers"] if config.block == "plain" else [b["rnn"] for b in params["blocks"]]
+
+    def start(layer: Params) -> Carry:
+        return initial_carry(layer, config.design, (batch,))
+
+    if config.bidirectional:
+        return [(start(p["forward"]), start(p["backward"])) for p in layers]
+    return [start(p) for p in layers]
 
 
 def count_params(params: Params) -> int:

@@ -29,11 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gru_research.gates import GateDesign, get_design
 from gru_research.model import (
     ModelConfig,
     apply_model,
     count_params,
     init_model,
+    initial_carries,
     model_param_count,
     seed_keys,
 )
@@ -50,6 +52,7 @@ from gru_research.tracking import (
 )
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+RECURRENT_INITS = ("orthogonal", "identity", "lecun_normal")
 TASK_SEQ_LEN = {"copy": 20, "adding": 50, "selective_copy": 64, "lm": 64}  # small defaults
 SCHEDULES = ("constant", "cosine")
 
@@ -70,6 +73,14 @@ class TrainConfig:
     layers: int = 1
     block: Literal["plain", "residual"] = "plain"
     scan: ScanKind = "auto"
+    bidirectional: str | None = None
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    gate_bias: float | None = None
+    chrono_t_max: float | None = None
+    recurrent_init: str | None = None
+    learn_initial_state: bool = False
+    stateful: bool = False
     batch_size: int = 32
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -107,6 +118,13 @@ class TrainConfig:
             )
         if self.param_budget is not None and self.param_budget < 1:
             raise ValueError(f"param_budget must be a positive integer, got {self.param_budget}")
+        if self.stateful and self.task != "lm":
+            raise ValueError("stateful training (carried state across windows) needs --task lm")
+        if self.recurrent_init not in (None, *RECURRENT_INITS):
+            raise ValueError(
+                f"unknown recurrent_init {self.recurrent_init!r}; valid: "
+                f"{', '.join(RECURRENT_INITS)}"
+            )
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
@@ -126,12 +144,29 @@ class TrainConfig:
             eval_batches=self.eval_batches,
         )
 
+    def design(self) -> GateDesign:
+        """The preset with this run's initialisation options applied (DESIGN.md §5)."""
+        design = get_design(self.cell)
+        options = {
+            "chrono_t_max": self.chrono_t_max,
+            "learn_initial_state": self.learn_initial_state or None,
+            "recurrent_init": self.recurrent_init,
+        }
+        design = dataclasses.replace(design, **{k: v for k, v in options.items() if v})
+        if self.gate_bias is not None and design.keep_gate is not None:
+            gate, sign = design.keep_gate  # where z writes, a keeping bias B is −B on z
+            source = dataclasses.replace(design.gate(gate), bias_init=sign * self.gate_bias)
+            design = dataclasses.replace(
+                design, gates=tuple((n, source if n == gate else s) for n, s in design.gates)
+            )
+        return design
+
     def model_config(self, task: Task) -> ModelConfig:
         """The model; with ``param_budget``, the largest hidden size within that budget."""
 
         def config(hidden: int) -> ModelConfig:
             return ModelConfig(
-                cell=self.cell,
+                cell=self.design(),
                 input_size=task.input_size,
                 vocab_size=task.vocab_size,
                 hidden_size=hidden,
@@ -139,6 +174,9 @@ class TrainConfig:
                 num_layers=self.layers,
                 block=self.block,
                 scan=self.scan,
+                bidirectional=self.bidirectional,
+                dropout=self.dropout,
+                recurrent_dropout=self.recurrent_dropout,
             )
 
         if self.param_budget is None:
@@ -217,19 +255,35 @@ def _finite(tree) -> jax.Array:
 
 def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Program:
     optimizer = make_optimizer(config)
+    uses_dropout = config.dropout > 0 or config.recurrent_dropout > 0
 
     def metrics_of(params, inputs, targets):
         outputs, _ = apply_model(params, model, inputs)
         return task.metrics(outputs, targets)
 
-    def loss_fn(params, inputs, targets):
-        metrics = metrics_of(params, inputs, targets)
-        return metrics["loss"], metrics
+    def loss_fn(params, inputs, targets, carries, dropout_key):
+        outputs, carries = apply_model(params, model, inputs, carries, dropout_key=dropout_key)
+        metrics = task.metrics(outputs, targets)
+        return metrics["loss"], (metrics, carries)
+
+    def batch(state, data, batch_key):
+        """This step's batch, and the carries it starts from (stateful lm: the last window's)."""
+        if not config.stateful:
+            return (*task.sample(data, batch_key, config.batch_size), None)
+        inputs, targets, epoch_start = task.stream_window(data, state["step"], config.batch_size)
+        fresh = initial_carries(state["params"], model, config.batch_size)
+        return (
+            inputs,
+            targets,
+            jax.tree.map(lambda f, c: jnp.where(epoch_start, f, c), fresh, state["carries"]),
+        )
 
     def init(seed_key):
         init_key, train_key, valid_key, test_key = jax.random.split(seed_key, 4)
         params = init_model(init_key, model)
+        carries = initial_carries(params, model, config.batch_size) if config.stateful else None
         return {
+            "carries": carries,
             "params": params,
             "opt_state": optimizer.init(params),
             "key": jax.random.key_data(train_key),
@@ -241,9 +295,10 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
 
     def train_step(state, data):
         key, batch_key = jax.random.split(jax.random.wrap_key_data(state["key"]))
-        inputs, targets = task.sample(data, batch_key, config.batch_size)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], inputs, targets
+        inputs, targets, carries = batch(state, data, batch_key)
+        dropout_key = jax.random.fold_in(batch_key, 1) if uses_dropout else None
+        (loss, (metrics, carries)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], inputs, targets, carries, dropout_key
         )
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -252,6 +307,7 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
         diverged = state["diverged"] | bad
         keep_old = diverged
         new = {
+            "carries": jax.lax.stop_gradient(carries) if config.stateful else None,
             "params": jax.tree.map(lambda o, n: jnp.where(keep_old, o, n), state["params"], params),
             "opt_state": jax.tree.map(
                 lambda o, n: jnp.where(keep_old, o, n), state["opt_state"], opt_state

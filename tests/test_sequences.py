@@ -239,3 +239,102 @@ def test_identity_recurrent_init():
     design = replace(PRESETS["rnn_tanh"], recurrent_init="identity")
     params = init_layer(jax.random.key(0), design, 3, 4)
     assert np.array_equal(params["U"]["h"], np.eye(4))
+
+
+def test_stream_windows_cover_each_stream_once_per_epoch():
+    from gru_research.tasks.lm import stream_window
+
+    tokens = jnp.arange(103)
+    batch, seq_len = 4, 5  # 25 tokens per stream, (25 - 1) // 5 = 4 windows per epoch
+    seen, starts = [], []
+    for window in range(8):
+        inputs, targets, start = stream_window(tokens, jnp.array(window), batch, seq_len)
+        assert np.array_equal(targets, inputs + 1)
+        seen.append(np.asarray(targets))
+        starts.append(bool(start))
+    assert starts == [True, False, False, False] * 2
+    epoch = np.concatenate(seen[:4], axis=1)
+    streams = np.arange(100).reshape(4, 25)
+    assert np.array_equal(epoch, streams[:, 1:21])  # each target once, in order, per stream
+    assert np.array_equal(np.concatenate(seen[4:], axis=1), epoch)
+
+
+def test_stateful_lm_and_the_design_options_run_through_the_cli(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 300)
+    common = [
+        "--steps",
+        "20",
+        "--log-every",
+        "10",
+        "--eval-every",
+        "20",
+        "--checkpoint-every",
+        "20",
+        "--hidden",
+        "16",
+        "--batch-size",
+        "4",
+        "--wandb",
+        "disabled",
+    ]
+    runs = {
+        "stateful": [
+            "--task",
+            "lm",
+            "--text-file",
+            str(corpus),
+            "--seq-len",
+            "16",
+            "--stateful",
+            "--cell",
+            "lstm",
+            "--learn-initial-state",
+            "--layers",
+            "2",
+        ],
+        "options": [
+            "--task",
+            "copy",
+            "--seq-len",
+            "10",
+            "--cell",
+            "gru",
+            "--dropout=0.1",
+            "--recurrent_dropout=0.2",
+            "--chrono-t-max",
+            "30",
+            "--gate-bias",
+            "1",
+            "--recurrent-init",
+            "identity",
+            "--bidirectional",
+            "sum",
+            "--learn_initial_state=true",
+        ],
+    }
+    for name, args in runs.items():
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gru_research.cli",
+                "train",
+                *args,
+                *common,
+                "--out",
+                str(tmp_path / name),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["diverged"] == [] and summary["final"]["loss"][0] > 0
+    config = json.loads((tmp_path / "stateful" / "config.json").read_text())
+    assert config["run"]["stateful"] is True
+    assert config["model"]["cell"]["learn_initial_state"] is True

@@ -59,6 +59,10 @@ class Task:
         metrics: `metrics(outputs, targets) -> dict[str, scalar]`; "loss" is the training
             objective, a mean over the batch.
         is_solved: `is_solved(metrics) -> bool` on evaluation metrics (lm: validation).
+        stream_window: lm only: `stream_window(data, window, batch_size) -> (inputs, targets,
+            epoch_start)`, the window-th window of B contiguous streams of the training split
+            (stateful training with truncated backpropagation through time, Zaremba et al.,
+            2014); windows wrap around by epoch, and `epoch_start` flags the first of each.
         eval_data: `eval_data(split, batch_size) -> [(inputs, targets, weight), ...]` for the lm
             (numpy batches covering the whole split); [] for synthetic tasks.
         vocabulary: lm: the character of each id below `vocab_size - 1` (the last id is
@@ -77,6 +81,7 @@ class Task:
     is_solved: Callable
     eval_data: Callable
     vocabulary: tuple[str, ...] | None = None
+    stream_window: Callable | None = None
 
 
 def no_eval_data(split: str, batch_size: int) -> list:

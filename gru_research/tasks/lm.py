@@ -237,6 +237,27 @@ def sample_train_windows(
     return windows[:, :-1], windows[:, 1:]
 
 
+def stream_window(
+    tokens: jax.Array, window: jax.Array, batch_size: int, seq_len: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The ``window``-th (mod the epoch) window of B contiguous streams (Zaremba et al., 2014).
+
+    The split is cut into B streams of n = len // B tokens; each epoch has (n − 1) // T
+    windows taken in order, so every stream position is a target exactly once per epoch.
+    Returns (inputs (B, T), targets (B, T), whether this window starts an epoch).
+    """
+    per_stream = tokens.shape[0] // batch_size
+    streams = tokens[: per_stream * batch_size].reshape(batch_size, per_stream)
+    windows = (per_stream - 1) // seq_len
+    if windows < 1:
+        raise ValueError(
+            f"the training split is too short for {batch_size} streams of windows of {seq_len}"
+        )
+    index = window % windows
+    chunk = jax.lax.dynamic_slice_in_dim(streams, index * seq_len, seq_len + 1, axis=1)
+    return chunk[:, :-1], chunk[:, 1:], index == 0
+
+
 def contiguous_windows(tokens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping windows covering every target tokens[1:] once; the last one padded.
 
@@ -322,6 +343,9 @@ def make_lm_task(config: TaskConfig) -> Task:
     def sample(data: dict, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
         return sample_train_windows(data["train"], key, batch_size, seq_len)
 
+    def stream(data: dict, window: jax.Array, batch_size: int):
+        return stream_window(data["train"], window, batch_size, seq_len)
+
     eval_batches_cache: dict[tuple[str, int], list] = {}
 
     def eval_data(split: str, batch_size: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
@@ -350,4 +374,5 @@ def make_lm_task(config: TaskConfig) -> Task:
         is_solved=is_solved,
         eval_data=eval_data,
         vocabulary=corpus.vocabulary,
+        stream_window=stream,
     )
