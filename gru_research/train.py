@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
@@ -444,145 +445,129 @@ def train(
             return read_json(run_dir / "summary.json")
     task = make_task(config.task_config())
     model = config.model_config(task)
+    with _removed_on_bad_input(run_dir):
+        seeds = config.seed_list
+        program = build_program(config, task, model)
+        state = program.init(seed_keys(seeds))
+        manager = _checkpoint_manager(run_dir)
+        start = 0
+        if resumed:
+            latest = manager.latest_step()
+            if latest is not None:
+                state = _restore(manager, latest, state)
+                start = latest
+        elif state_transform is not None:
+            state = state_transform(state)
+        if not resumed:
+            write_json(
+                run_dir / "config.json",
+                {
+                    "wandb_id": uuid.uuid4().hex[:8],
+                    "run": resolved_config(config),
+                    "model": dataclasses.asdict(model),
+                    "task": {
+                        "name": task.name,
+                        "baseline": task.baseline,
+                        "solved": task.solved_rule,
+                    },
+                    "package_version": package_version(),
+                    "git_commit": git_commit(),
+                    "params_per_seed": count_params(jax.tree.map(lambda v: v[0], state["params"])),
+                },
+            )
+        metrics_file = MetricsFile(run_dir / "metrics.jsonl")
+        metrics_file.truncate_after(start)
+        wandb_runs = WandbRuns(
+            wandb_mode,
+            run_dir,
+            resolved_config(config),
+            seeds,
+            project=wandb_project,
+            group=wandb_group or f"{config.task}-T{config.seq_len}",
+            run_id=read_json(run_dir / "config.json")["wandb_id"],
+            name=config.cell,
+        )
+        baseline_fields = {f"baseline_{k}": v for k, v in task.baseline.items()}
+
+        def with_baseline(s, record):
+            values = {k: v for k, v in record.items() if isinstance(v, float)}
+            solved = all(v is not None for v in record.values()) and bool(task.is_solved(values))
+            return {**baseline_fields, "solved": solved}
+
+        def log(records):
+            metrics_file.extend(records)
+            wandb_runs.log(records)
+
+        bar = _progress_bar(config.steps, start, progress)
+        started, window = time.perf_counter(), []
+        step = start
+        while step < config.steps and (stop_after is None or step < stop_after):
+            state, metrics = program.train_chunk(state, task.data)
+            step += program.chunk
+            window.append(jax.tree.map(lambda v: jnp.mean(v, axis=1), metrics))
+            if step % config.log_every == 0 or step == config.steps:
+                means = jax.tree.map(lambda *v: np.mean(np.stack(v), axis=0), *window)
+                window = []
+                log(_records(step, seeds, "train", means))
+                bar.update(config.log_every)
+                bar.set_postfix_str(" ".join(f"{float(v):.4f}" for v in means["loss"]))
+            if step % config.eval_every == 0 or step == config.steps:
+                valid = evaluate(program, task, state, "validation", config.batch_size)
+                log(_records(step, seeds, "validation", valid, with_baseline))
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                import orbax.checkpoint as ocp
+
+                manager.save(step, args=ocp.args.StandardSave(state))
+                manager.wait_until_finished()
+        bar.close()
+        if step < config.steps:
+            manager.close()
+            return {"stopped_at": step}
+
+        test = evaluate(program, task, state, "test", config.batch_size)
+        test_records = _records(step, seeds, "test", test, with_baseline)
+        log(test_records)
+        diverged = [seed for seed, d in zip(seeds, np.asarray(state["diverged"]), strict=True) if d]
+        final = {
+            name: [None if r["seed"] in diverged else r[name] for r in test_records]
+            for name in test
+        }
+        summary = {
+            "task": config.task,
+            "cell": config.cell,
+            "seeds": seeds,
+            "steps": config.steps,
+            "final": final,
+            "solved": [r["solved"] and r["seed"] not in diverged for r in test_records],
+            "diverged": diverged,
+            "diverged_at_step": {
+                str(seed): int(at)
+                for seed, at in zip(seeds, np.asarray(state["diverged_at"]), strict=True)
+                if at >= 0
+            },
+            "baseline": task.baseline,
+            "solved_rule": task.solved_rule,
+            "params_per_seed": count_params(jax.tree.map(lambda v: v[0], state["params"])),
+            "wall_time_s": round(time.perf_counter() - started, 2),
+        }
+        wandb_runs.finish(
+            {seed: {f"test/{k}": v[i] for k, v in final.items()} for i, seed in enumerate(seeds)}
+        )
+        write_json(run_dir / "summary.json", summary)
+        manager.close()
+        return summary
+
+
+@contextmanager
+def _removed_on_bad_input(run_dir: Path):
+    """A run folder this call created is removed again if the run is refused."""
     created = not run_dir.exists()
     try:
-        return _train(
-            config,
-            run_dir,
-            task,
-            model,
-            resumed,
-            wandb_mode,
-            wandb_project,
-            wandb_group,
-            progress,
-            state_transform,
-            stop_after,
-        )
+        yield
     except (RunError, ValueError, FileNotFoundError):
-        if created and not resumed:
+        if created:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-
-
-def _train(
-    config,
-    run_dir,
-    task,
-    model,
-    resumed,
-    wandb_mode,
-    wandb_project,
-    wandb_group,
-    progress,
-    state_transform,
-    stop_after,
-) -> dict:
-    seeds = config.seed_list
-    program = build_program(config, task, model)
-    state = program.init(seed_keys(seeds))
-    manager = _checkpoint_manager(run_dir)
-    start = 0
-    if resumed:
-        latest = manager.latest_step()
-        if latest is not None:
-            state = _restore(manager, latest, state)
-            start = latest
-    elif state_transform is not None:
-        state = state_transform(state)
-    if not resumed:
-        write_json(
-            run_dir / "config.json",
-            {
-                "wandb_id": uuid.uuid4().hex[:8],
-                "run": resolved_config(config),
-                "model": dataclasses.asdict(model),
-                "task": {"name": task.name, "baseline": task.baseline, "solved": task.solved_rule},
-                "package_version": package_version(),
-                "git_commit": git_commit(),
-                "params_per_seed": count_params(jax.tree.map(lambda v: v[0], state["params"])),
-            },
-        )
-    metrics_file = MetricsFile(run_dir / "metrics.jsonl")
-    metrics_file.truncate_after(start)
-    wandb_runs = WandbRuns(
-        wandb_mode,
-        run_dir,
-        resolved_config(config),
-        seeds,
-        project=wandb_project,
-        group=wandb_group or f"{config.task}-T{config.seq_len}",
-        run_id=read_json(run_dir / "config.json")["wandb_id"],
-        name=config.cell,
-    )
-    baseline_fields = {f"baseline_{k}": v for k, v in task.baseline.items()}
-
-    def with_baseline(s, record):
-        values = {k: v for k, v in record.items() if isinstance(v, float)}
-        solved = all(v is not None for v in record.values()) and bool(task.is_solved(values))
-        return {**baseline_fields, "solved": solved}
-
-    def log(records):
-        metrics_file.extend(records)
-        wandb_runs.log(records)
-
-    bar = _progress_bar(config.steps, start, progress)
-    started, window = time.perf_counter(), []
-    step = start
-    while step < config.steps and (stop_after is None or step < stop_after):
-        state, metrics = program.train_chunk(state, task.data)
-        step += program.chunk
-        window.append(jax.tree.map(lambda v: jnp.mean(v, axis=1), metrics))
-        if step % config.log_every == 0 or step == config.steps:
-            means = jax.tree.map(lambda *v: np.mean(np.stack(v), axis=0), *window)
-            window = []
-            log(_records(step, seeds, "train", means))
-            bar.update(config.log_every)
-            bar.set_postfix_str(" ".join(f"{float(v):.4f}" for v in means["loss"]))
-        if step % config.eval_every == 0 or step == config.steps:
-            valid = evaluate(program, task, state, "validation", config.batch_size)
-            log(_records(step, seeds, "validation", valid, with_baseline))
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            import orbax.checkpoint as ocp
-
-            manager.save(step, args=ocp.args.StandardSave(state))
-            manager.wait_until_finished()
-    bar.close()
-    if step < config.steps:
-        manager.close()
-        return {"stopped_at": step}
-
-    test = evaluate(program, task, state, "test", config.batch_size)
-    test_records = _records(step, seeds, "test", test, with_baseline)
-    log(test_records)
-    diverged = [seed for seed, d in zip(seeds, np.asarray(state["diverged"]), strict=True) if d]
-    final = {
-        name: [None if r["seed"] in diverged else r[name] for r in test_records] for name in test
-    }
-    summary = {
-        "task": config.task,
-        "cell": config.cell,
-        "seeds": seeds,
-        "steps": config.steps,
-        "final": final,
-        "solved": [r["solved"] and r["seed"] not in diverged for r in test_records],
-        "diverged": diverged,
-        "diverged_at_step": {
-            str(seed): int(at)
-            for seed, at in zip(seeds, np.asarray(state["diverged_at"]), strict=True)
-            if at >= 0
-        },
-        "baseline": task.baseline,
-        "solved_rule": task.solved_rule,
-        "params_per_seed": count_params(jax.tree.map(lambda v: v[0], state["params"])),
-        "wall_time_s": round(time.perf_counter() - started, 2),
-    }
-    wandb_runs.finish(
-        {seed: {f"test/{k}": v[i] for k, v in final.items()} for i, seed in enumerate(seeds)}
-    )
-    write_json(run_dir / "summary.json", summary)
-    manager.close()
-    return summary
 
 
 def _progress_bar(total: int, start: int, enabled: bool | None):
