@@ -263,7 +263,7 @@ def plot_curves(runs: list[Run], table: Table, out_dir: Path, split: str = "vali
     written = []
     for column, by_row in learning_curves(runs, table, split).items():
         fig, ax = plt.subplots(figsize=(6, 4))
-        for row, (steps, grid) in by_row.items():
+        for row, (steps, grid) in sorted(by_row.items(), key=lambda kv: _design_order(kv[0])):
             if grid.size == 0 or np.all(np.isnan(grid)):
                 continue
             mean = np.nanmean(grid, axis=0)
