@@ -4,6 +4,7 @@
     gru-research train --task TASK --cell DESIGN --seeds S --steps N ... --out DIR
     gru-research sweep FILE --out DIR | --export-wandb OUT.yaml
     gru-research table DIR [--metric loss] [--reference gru]
+    gru-research bench [--configs small,medium,long] [--out results/benchmarks.md]
 
 Bad input ends with one line on stderr naming the valid choices and a non-zero exit.
 """
@@ -27,7 +28,7 @@ from gru_research.scan import SCAN_KINDS
 from gru_research.sweep import export_wandb, load_sweep, run_sweep
 from gru_research.tables import to_markdown, write_table
 from gru_research.tasks import TASKS
-from gru_research.tracking import WANDB_MODES
+from gru_research.tracking import WANDB_MODES, write_atomic
 from gru_research.train import OPTIMIZERS, RECURRENT_INITS, SCHEDULES, TrainConfig, train
 
 TRAIN_HELP = {
@@ -133,7 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--metric", default=None, help="a final test metric (default: the sweep's)")
     table.add_argument("--reference", default=None, help="design for the Welch t-test")
     table.add_argument("--rows", default="cell", help="comma-separated row parameters")
+    bench = commands.add_parser("bench", help="training-step throughput against Flax and PyTorch")
+    bench.add_argument(
+        "--configs", default="small,medium,long", help="comma-separated: small, medium, long"
+    )
+    bench.add_argument("--rounds", type=positive_int, default=7)
+    bench.add_argument("--seeds", type=positive_int, default=8)
+    bench.add_argument("--out", default="results/benchmarks.md")
     return parser
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from gru_research.bench import CONFIGS, report
+
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown bench configs {unknown}; valid: {', '.join(CONFIGS)}")
+    command = (
+        f"gru-research bench --configs {args.configs} --rounds {args.rounds} "
+        f"--seeds {args.seeds} --out {args.out}"
+    )
+    text = report(names, args.rounds, args.seeds, command)
+    write_atomic(Path(args.out), text)
+    print(text)
 
 
 def run_sweep_command(args: argparse.Namespace) -> None:
@@ -235,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             run_train(args)
         elif args.command == "sweep":
             run_sweep_command(args)
+        elif args.command == "bench":
+            run_bench(args)
         elif args.command == "table":
             print(make_tables(args.dir, args.metric, args.reference, args.rows))
     except (ValueError, FileNotFoundError) as err:
