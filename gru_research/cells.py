@@ -137,20 +137,41 @@ def layer_sizes(params: Params) -> tuple[int, int]:
 # the input side, hoisted out of the time loop
 
 
-def _fused_matmul(x: Array, kernels: Mapping[str, Array], names: tuple[str, ...]) -> dict:
-    """x @ [K_1 | K_2 | ...] in one matmul, split back per name."""
+def matmul(x: Array, kernel: Array, compute_dtype=None) -> Array:
+    """x @ kernel, in ``compute_dtype`` (e.g. bfloat16) with a float32 result when given."""
+    if compute_dtype is None:
+        return x @ kernel
+    return jnp.matmul(
+        x.astype(compute_dtype), kernel.astype(compute_dtype), preferred_element_type=jnp.float32
+    )
+
+
+def split_gates(fused: Array, names: tuple[str, ...]) -> dict[str, Array]:
+    """Split a fused (..., G·H) pre-activation back into its G named (..., H) parts."""
     if not names:
         return {}
-    fused = x @ jnp.concatenate([kernels[n] for n in names], axis=1)
     return dict(zip(names, jnp.split(fused, len(names), axis=-1), strict=True))
 
 
-def input_projection(params: Params, design: GateDesign, x: Array) -> dict[str, Array]:
+def _fused_matmul(
+    x: Array, kernels: Mapping[str, Array], names: tuple[str, ...], compute_dtype=None
+) -> dict:
+    """x @ [K_1 | K_2 | ...] in one matmul, split back per name."""
+    if not names:
+        return {}
+    return split_gates(
+        matmul(x, jnp.concatenate([kernels[n] for n in names], axis=1), compute_dtype), names
+    )
+
+
+def input_projection(
+    params: Params, design: GateDesign, x: Array, compute_dtype=None
+) -> dict[str, Array]:
     """W x + b of every gate and the candidate, for any leading shape of x, in one matmul.
 
     A gate fed by neither x nor a bias is absent from the result (it contributes zero).
     """
-    pre = _fused_matmul(x, params["W"], input_fed(design))
+    pre = _fused_matmul(x, params["W"], input_fed(design), compute_dtype)
     for name, bias in params["b"].items():
         pre[name] = (
             pre[name] + bias if name in pre else jnp.broadcast_to(bias, x.shape[:-1] + bias.shape)
@@ -215,12 +236,28 @@ def _state(design: GateDesign, carry: Carry) -> Array:
     return carry[1] if design.family == "lstm" else carry
 
 
+def fused_recurrent_kernel(params: Params, design: GateDesign) -> Array:
+    """[U_1 | U_2 | ...] of :func:`state_fed`: the (H, G·H) kernel of the one matmul per step."""
+    names = state_fed(design)
+    if not names:  # only a reset-before candidate reads h: its matmul is in the update
+        _, hidden = layer_sizes(params)
+        return jnp.zeros((hidden, 0))
+    return jnp.concatenate([params["U"][n] for n in names], axis=1)
+
+
+def read_state(design: GateDesign, carry: Carry, h_mask: Array | None = None) -> Array:
+    """The h a step's matmuls read: the state, times the variational dropout mask if any."""
+    h = _state(design, carry)
+    return h if h_mask is None else h * h_mask
+
+
 def recurrent_step(
     params: Params,
     design: GateDesign,
     carry: Carry,
     pre: Mapping[str, Array],
     h_mask: Array | None = None,
+    compute_dtype=None,
 ) -> tuple[Carry, Array]:
     """One time step given the hoisted input pre-activations ``pre`` of that step.
 
@@ -228,9 +265,29 @@ def recurrent_step(
     fused into one (H, G·H) matmul. ``h_mask`` is variational recurrent dropout (Gal &
     Ghahramani, 2016): the same mask multiplies h wherever a matmul reads it, at every step.
     """
+    hp = matmul(
+        read_state(design, carry, h_mask), fused_recurrent_kernel(params, design), compute_dtype
+    )
+    return recurrent_update(params, design, carry, pre, hp, h_mask, compute_dtype)
+
+
+def recurrent_update(
+    params: Params,
+    design: GateDesign,
+    carry: Carry,
+    pre: Mapping[str, Array],
+    hp: Array,
+    h_mask: Array | None = None,
+    compute_dtype=None,
+) -> tuple[Carry, Array]:
+    """The rest of a step once the fused recurrent matmul ``hp`` = h U (B, G·H) is known.
+
+    Reads only the non-fused parameters (``c_h``, and ``U[candidate]`` of a reset-before GRU),
+    which is what lets :func:`gru_research.scan.state_reading_scan` form the gradient of the
+    fused kernel outside the time loop.
+    """
     h = _state(design, carry)
-    h_read = h if h_mask is None else h * h_mask
-    hp = _fused_matmul(h_read, params["U"], state_fed(design))
+    hp = split_gates(hp, state_fed(design))
     gates = gate_values(design, pre, hp)
     cand = design.candidate_name
     phi = ACTIVATIONS[design.candidate.activation]
@@ -246,7 +303,7 @@ def recurrent_step(
     z, r = gates["z"], gates["r"]
     v = pre.get(cand, 0.0)
     if design.candidate.h and design.reset == "before":
-        v = v + (r * h_read) @ params["U"][cand]
+        v = v + matmul(r * read_state(design, carry, h_mask), params["U"][cand], compute_dtype)
     elif design.candidate.h:
         v = v + r * (hp[cand] + params.get("c_h", 0.0))
     h_tilde = phi(v)

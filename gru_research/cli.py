@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--configs", default="small,medium,long", help="comma-separated: small, medium, long"
     )
     bench.add_argument("--rounds", type=positive_int, default=7)
-    bench.add_argument("--seeds", type=positive_int, default=8)
-    bench.add_argument("--out", default="results/benchmarks.md")
+    bench.add_argument("--seeds", default="1,2,4,8,16", help="seed counts to vmap")
+    bench.add_argument("--lengths", default="64,256,1024,4096", help="lengths of the T curve")
+    bench.add_argument("--out", default="results/benchmarks.md", help="markdown; a PNG beside it")
     return parser
 
 
@@ -153,11 +154,23 @@ def run_bench(args: argparse.Namespace) -> None:
         raise ValueError(f"unknown bench configs {unknown}; valid: {', '.join(CONFIGS)}")
     command = (
         f"gru-research bench --configs {args.configs} --rounds {args.rounds} "
-        f"--seeds {args.seeds} --out {args.out}"
+        f"--seeds {args.seeds} --lengths {args.lengths} --out {args.out}"
     )
-    text = report(names, args.rounds, args.seeds, command)
-    write_atomic(Path(args.out), text)
+    seeds, lengths = _int_list("--seeds", args.seeds), _int_list("--lengths", args.lengths)
+    out = Path(args.out)
+    text = report(names, args.rounds, seeds, lengths, command, out.with_suffix(".png"))
+    write_atomic(out, text + f"\n![scaling]({out.with_suffix('.png').name})\n")
     print(text)
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} takes comma-separated positive integers, got {text!r}")
+    return values
 
 
 def run_sweep_command(args: argparse.Namespace) -> None:

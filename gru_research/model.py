@@ -20,18 +20,23 @@ from typing import Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gru_research.cells import Carry, Params, cell_apply, init_layer, initial_carry, zero_carry
 from gru_research.gates import GateDesign, get_design
 from gru_research.scan import ScanKind, resolve_scan, run_layer
 
 Array = jax.Array
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """A whole model. ``vocab_size`` set: token inputs through an embedding of width
-    ``hidden_size``; unset: ``input_size`` real-valued features per step."""
+    ``embed_size`` (default ``hidden_size``); unset: ``input_size`` real-valued features per
+    step. ``precision="bfloat16"`` runs the matmuls in bfloat16 with float32 accumulation
+    (state and gate arithmetic stay float32); ``remat`` recomputes each step's activations in
+    the backward pass instead of storing them (long sequences)."""
 
     cell: str | GateDesign = "gru"
     input_size: int = 1
@@ -45,6 +50,9 @@ class ModelConfig:
     bidirectional: Literal["concat", "sum"] | None = None
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
+    embed_size: int | None = None
+    precision: Literal["float32", "bfloat16"] = "float32"
+    remat: bool = False
 
     def __post_init__(self) -> None:
         get_design(self.cell)
@@ -61,6 +69,12 @@ class ModelConfig:
         for name in ("input_size", "hidden_size", "output_size", "num_layers", "ff_mult"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
+            )
+        if self.embed_size is not None and (self.embed_size < 1 or self.block == "residual"):
+            raise ValueError("embed_size must be positive, and the residual block keeps width H")
         if self.block not in ("plain", "residual"):
             raise ValueError(f"unknown block {self.block!r}; valid blocks: plain, residual")
 
@@ -76,7 +90,11 @@ class ModelConfig:
     @property
     def feature_size(self) -> int:
         """Width of what the first layer (plain) or the input projection (residual) reads."""
-        return self.hidden_size if self.vocab_size else self.input_size
+        return (self.embed_size or self.hidden_size) if self.vocab_size else self.input_size
+
+    @property
+    def compute_dtype(self):
+        return None if self.precision == "float32" else jnp.bfloat16
 
 
 def _dense(key: Array, fan_in: int, fan_out: int) -> Params:
@@ -100,7 +118,7 @@ def init_model(key: Array, config: ModelConfig) -> Params:
     k_embed, k_in, k_out, *k_layers = jax.random.split(key, 3 + config.num_layers)
     params: Params = {}
     if config.vocab_size:
-        params["embed"] = jax.random.normal(k_embed, (config.vocab_size, H))
+        params["embed"] = jax.random.normal(k_embed, (config.vocab_size, config.feature_size))
     if config.block == "plain":
         sizes = [config.feature_size] + [config.layer_width] * (config.num_layers - 1)
         params["layers"] = [
@@ -178,7 +196,16 @@ def _run_recurrent(
     def run(p, xs, c, key):
         mask = recurrent_dropout_mask(key, config.recurrent_dropout, batch, config.hidden_size)
         return run_layer(
-            p, design, xs, c, scan=config.scan, seq_lengths=seq_lengths, resets=resets, h_mask=mask
+            p,
+            design,
+            xs,
+            c,
+            scan=config.scan,
+            seq_lengths=seq_lengths,
+            resets=resets,
+            h_mask=mask,
+            compute_dtype=config.compute_dtype,
+            remat=config.remat,
         )
 
     if not config.bidirectional:
@@ -285,6 +312,25 @@ def model_param_count(config: ModelConfig) -> int:
 def seed_keys(seeds: Sequence[int]) -> Array:
     """Seed s uses ``jax.random.key(s)``, whatever the population (DESIGN.md §4)."""
     return jnp.stack([jax.random.key(s) for s in seeds])
+
+
+def seed_sharding(num_seeds: int) -> jax.sharding.NamedSharding | None:
+    """The seed axis split over the local devices: a 1-D ``Mesh`` named ``seeds`` over the
+    largest number of devices that divides ``num_seeds``; None on a single device."""
+    devices = jax.local_devices()
+    used = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+    if used == 1:
+        return None
+    mesh = jax.sharding.Mesh(np.array(devices[:used]), ("seeds",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+
+
+def shard_over_seeds(population):
+    """Put a population (leading seed axis on every leaf) on the devices of
+    :func:`seed_sharding`; ``jax.jit`` then runs each device's seeds on that device."""
+    num_seeds = jax.tree.leaves(population)[0].shape[0]
+    sharding = seed_sharding(num_seeds)
+    return population if sharding is None else jax.device_put(population, sharding)
 
 
 def init_population(keys: Array, config: ModelConfig) -> Params:

@@ -32,6 +32,7 @@ import optax
 
 from gru_research.gates import GateDesign, get_design
 from gru_research.model import (
+    PRECISIONS,
     ModelConfig,
     apply_model,
     count_params,
@@ -39,6 +40,7 @@ from gru_research.model import (
     initial_carries,
     model_param_count,
     seed_keys,
+    shard_over_seeds,
 )
 from gru_research.scan import ScanKind
 from gru_research.tasks import Task, TaskConfig, make_task
@@ -82,6 +84,8 @@ class TrainConfig:
     recurrent_init: str | None = None
     learn_initial_state: bool = False
     stateful: bool = False
+    precision: str = "float32"
+    remat: bool = False
     batch_size: int = 32
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -125,6 +129,10 @@ class TrainConfig:
             raise ValueError(
                 f"unknown recurrent_init {self.recurrent_init!r}; valid: "
                 f"{', '.join(RECURRENT_INITS)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
             )
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
@@ -178,6 +186,8 @@ class TrainConfig:
                 bidirectional=self.bidirectional,
                 dropout=self.dropout,
                 recurrent_dropout=self.recurrent_dropout,
+                precision=self.precision,
+                remat=self.remat,
             )
 
         if self.param_budget is None:
@@ -435,7 +445,10 @@ def train(
     resumed = config_file.exists()
     if resumed:
         saved = read_json(config_file)
-        differs = sorted(k for k, v in resolved_config(config).items() if saved["run"].get(k) != v)
+        defaults = resolved_config(TrainConfig())  # a field added since the run: its default
+        differs = sorted(
+            k for k, v in resolved_config(config).items() if saved["run"].get(k, defaults[k]) != v
+        )
         if differs:
             raise RunError(
                 f"{run_dir} holds a run with a different config (differs in: "
@@ -458,6 +471,7 @@ def train(
                 start = latest
         elif state_transform is not None:
             state = state_transform(state)
+        state = shard_over_seeds(state)
         if not resumed:
             write_json(
                 run_dir / "config.json",
@@ -473,6 +487,7 @@ def train(
                     "package_version": package_version(),
                     "git_commit": git_commit(),
                     "params_per_seed": count_params(jax.tree.map(lambda v: v[0], state["params"])),
+                    "seed_devices": len(state["step"].sharding.device_set),
                 },
             )
         metrics_file = MetricsFile(run_dir / "metrics.jsonl")

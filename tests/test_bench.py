@@ -8,24 +8,45 @@ TINY = bench.BenchConfig("tiny", batch=2, length=6, embed=4, hidden=8, vocab=7)
 
 
 def test_every_implementation_trains_and_reports():
-    rows = bench.compare(TINY, rounds=1)
-    names = [row.split("|")[3].strip() for row in rows]
+    timings = bench.compare(TINY, rounds=1)
+    rows = bench.timing_rows(timings)
+    names = [row.split("|")[3].strip() for row in rows if row.split("|")[2].strip() != "min_gru"]
     assert "gru-research gru" in names and "flax nn.RNN(GRUCell)" in names
     assert "flax nn.RNN(OptimizedLSTMCell)" in names and "flax nn.RNN(MGUCell)" in names
-    assert {
+    assert {t.name for t in timings if t.group == "min_gru"} == {
         "gru-research min_gru (sequential scan)",
         "gru-research min_gru (parallel scan)",
         "gru-research min_gru",
-    } <= set(names)
+        "gru-research gru",
+    }
     assert len(names) == len(set(names))
     for row in rows:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert float(cells[3].replace(",", "")) > 0 and float(cells[4]) > 0
 
 
-def test_seed_scaling_row():
-    row = bench.seed_scaling(TINY, seeds=2, rounds=1)
-    assert float(row.split("|")[-2]) > 0
+def test_seed_scaling_and_targets():
+    speed_ups = bench.seed_scaling(TINY, [1, 2, 8], rounds=1)
+    assert speed_ups[1] == 1.0 and speed_ups[2] > 0 and speed_ups[8] > 0
+    timings = [
+        bench.Timing("small", "gru", "gru-research gru", 1.0, 100, 1.0, None),
+        bench.Timing("small", "gru", "flax nn.RNN(GRUCell)", 2.0, 100, 1.0, None),
+    ]
+    rows = bench.targets(timings, speed_ups, None, compile_2_layers=3.0)
+    flax_row = next(r for r in rows if "small: gru-research gru vs flax" in r)
+    assert "2.00x" in flax_row and "| met |" in flax_row
+    assert any("torch nn.GRU" in r and "not measured" in r for r in rows)
+    assert any("compile time" in r and "met" in r for r in rows)
+
+
+def test_length_scaling_and_plot(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        bench, "LENGTH_CURVES", {k: v for k, v in bench.LENGTH_CURVES.items() if "torch" not in k}
+    )
+    curves = bench.length_scaling([4, 8], rounds=1)
+    assert set(curves["gru-research gru"]) == {4, 8}
+    bench.plot(curves, {1: 1.0, 2: 1.5}, tmp_path / "b.png")
+    assert (tmp_path / "b.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -34,3 +55,10 @@ def test_torch_anchor_when_installed(cell):
     step = bench.torch_anchor(TINY, cell)
     step.run()
     assert step.name.startswith("torch nn.")
+
+
+def test_profile_splits_the_step_into_phases():
+    rows = bench.profile(TINY, rounds=1)
+    assert [r.split("|")[2].strip() for r in rows] == ["gru-research gru", "flax nn.RNN(GRUCell)"]
+    for row in rows:
+        assert float(row.split("|")[-2]) > 0
