@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 
 from gru_research.gates import PRESETS
-from gru_research.model import design_param_count
+from gru_research.model import PRECISIONS, design_param_count
 from gru_research.report import write_report
 from gru_research.scan import SCAN_KINDS
 from gru_research.sweep import export_wandb, load_sweep, run_sweep
@@ -49,6 +49,8 @@ TRAIN_HELP = {
     "text_file": "lm: a plain text file instead of TFDS",
     "tfds_data_dir": "lm: where TFDS prepares data",
     "tfds_manual_dir": "lm: the TFDS manual directory",
+    "data_dir": "lm with corpus ptb or ptb_char: the folder of Mikolov's ptb.*.txt files",
+    "data_checks": "ptb: check the files' sizes and sha256 sums (--data-checks=false: off)",
     "param_budget": "size every design to the largest hidden size within this many parameters",
     "bidirectional": "a forward and a reversed layer, concatenated or summed",
     "dropout": "dropout on every layer's input and the output (Zaremba et al., 2014)",
@@ -58,6 +60,13 @@ TRAIN_HELP = {
     "recurrent_init": "recurrent kernels: orthogonal (the default), identity, lecun_normal",
     "learn_initial_state": "learn h_0 (and c_0)",
     "stateful": "lm: B contiguous streams, windows in order, the carry crossing windows (TBPTT)",
+    "epochs": "stateful lm: train this many epochs (sets steps; evaluates every epoch)",
+    "lr_decay": "epoch_decay schedule: the factor applied each epoch after lr_decay_after",
+    "lr_decay_after": "epoch_decay schedule: epochs at the full learning rate",
+    "init_scale": "every parameter from U[-a, a] (the PTB protocol of Zaremba et al., 2014)",
+    "loss_sum_over_time": "train on the loss summed over the T steps (the PTB lr-1 convention)",
+    "precision": "bfloat16: matmuls in bfloat16, accumulated in float32",
+    "remat": "recompute each step's activations in the backward pass (long sequences)",
 }
 CHOICES = {
     "task": TASKS,
@@ -68,6 +77,7 @@ CHOICES = {
     "schedule": SCHEDULES,
     "bidirectional": ("concat", "sum"),
     "recurrent_init": RECURRENT_INITS,
+    "precision": PRECISIONS,
 }
 
 

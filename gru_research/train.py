@@ -43,7 +43,7 @@ from gru_research.model import (
     shard_over_seeds,
 )
 from gru_research.scan import ScanKind
-from gru_research.tasks import Task, TaskConfig, make_task
+from gru_research.tasks import IGNORED_TARGET, Task, TaskConfig, make_task
 from gru_research.tracking import (
     WANDB_MODES,
     MetricsFile,
@@ -57,7 +57,7 @@ from gru_research.tracking import (
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 RECURRENT_INITS = ("orthogonal", "identity", "lecun_normal")
 TASK_SEQ_LEN = {"copy": 20, "adding": 50, "selective_copy": 64, "lm": 64}  # small defaults
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "epoch_decay")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,11 @@ class TrainConfig:
     recurrent_init: str | None = None
     learn_initial_state: bool = False
     stateful: bool = False
+    epochs: int | None = None
+    lr_decay: float = 1.0
+    lr_decay_after: int = 0
+    init_scale: float | None = None
+    loss_sum_over_time: bool = False
     precision: str = "float32"
     remat: bool = False
     batch_size: int = 32
@@ -103,6 +108,8 @@ class TrainConfig:
     text_file: str | None = None
     tfds_data_dir: str | None = None
     tfds_manual_dir: str | None = None
+    data_dir: str | None = None
+    data_checks: bool = True
 
     def __post_init__(self) -> None:
         if self.seq_len is None and self.task in TASK_SEQ_LEN:
@@ -130,6 +137,12 @@ class TrainConfig:
                 f"unknown recurrent_init {self.recurrent_init!r}; valid: "
                 f"{', '.join(RECURRENT_INITS)}"
             )
+        if self.epochs is not None and (self.epochs < 1 or not self.stateful):
+            raise ValueError("--epochs takes a positive count and needs --stateful (task lm)")
+        if self.schedule == "epoch_decay" and self.epochs is None:
+            raise ValueError("the epoch_decay schedule needs --epochs (stateful lm)")
+        if self.init_scale is not None and not self.init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {self.init_scale}")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
@@ -150,6 +163,8 @@ class TrainConfig:
             text_file=self.text_file,
             tfds_data_dir=self.tfds_data_dir,
             tfds_manual_dir=self.tfds_manual_dir,
+            data_dir=self.data_dir,
+            data_checks=self.data_checks,
             eval_batches=self.eval_batches,
         )
 
@@ -211,17 +226,63 @@ def _positive(name: str, value: int) -> None:
 
 
 def learning_rate(config: TrainConfig) -> optax.Schedule:
-    """Constant or cosine decay to zero, after an optional linear warm-up."""
+    """Constant, cosine decay to zero, or the epoch decay of Zaremba et al. (2014), after an
+    optional linear warm-up.
+
+    ``epoch_decay`` (with ``epochs``, where an epoch is ``steps // epochs`` steps): the rate is
+    ``lr`` for the first ``lr_decay_after`` epochs, then multiplied by ``lr_decay`` at the start
+    of each later epoch: epoch e (from 0) uses ``lr * lr_decay ** max(e + 1 - K, 0)``.
+    """
     decay_steps = max(config.steps - config.warmup_steps, 1)
-    main = (
-        optax.constant_schedule(config.lr)
-        if config.schedule == "constant"
-        else optax.cosine_decay_schedule(config.lr, decay_steps)
-    )
+    if config.schedule == "epoch_decay":
+        per_epoch = config.steps // config.epochs
+
+        def main(step):
+            epoch = step // per_epoch
+            return config.lr * config.lr_decay ** jnp.maximum(epoch + 1 - config.lr_decay_after, 0)
+
+    elif config.schedule == "cosine":
+        main = optax.cosine_decay_schedule(config.lr, decay_steps)
+    else:
+        main = optax.constant_schedule(config.lr)
     if not config.warmup_steps:
         return main
     warmup = optax.linear_schedule(0.0, config.lr, config.warmup_steps)
     return optax.join_schedules([warmup, main], [config.warmup_steps])
+
+
+def resolve_epochs(config: TrainConfig, task: Task) -> TrainConfig:
+    """With ``epochs``: the step count, and evaluation and checkpoints once per epoch.
+
+    An epoch is one pass of the B training streams (:func:`~gru_research.tasks.lm.stream_window`);
+    ``log_every`` becomes the largest divisor of the epoch's windows not above it, so logging
+    lands on epoch ends.
+    """
+    if config.epochs is None:
+        return config
+    per_epoch = task.windows_per_epoch(config.batch_size)
+    log_every = max(d for d in range(1, min(config.log_every, per_epoch) + 1) if per_epoch % d == 0)
+    return dataclasses.replace(
+        config,
+        steps=config.epochs * per_epoch,
+        eval_every=per_epoch,
+        checkpoint_every=per_epoch,
+        log_every=log_every,
+    )
+
+
+def uniform_init(key: jax.Array, params, scale: float):
+    """Every parameter drawn from U[−scale, scale], biases and embedding included (Zaremba et
+    al., 2014: the forget-gate bias starts near 0, not at 1)."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [
+            jax.random.uniform(k, v.shape, v.dtype, -scale, scale)
+            for k, v in zip(keys, leaves, strict=True)
+        ],
+    )
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -257,6 +318,7 @@ class Program:
     train_chunk: Any  # (state, data) -> (state, per-step metrics), `chunk` steps
     evaluate: Any  # (params, inputs, targets) -> metrics, per seed, shared batch
     evaluate_sampled: Any  # (params, keys, data) -> metrics, per seed, own batches
+    evaluate_stream: Any  # (params, windows) -> weighted metric sums and weight, per seed
     chunk: int
 
 
@@ -275,7 +337,10 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
     def loss_fn(params, inputs, targets, carries, dropout_key):
         outputs, carries = apply_model(params, model, inputs, carries, dropout_key=dropout_key)
         metrics = task.metrics(outputs, targets)
-        return metrics["loss"], (metrics, carries)
+        # Summed over the T steps and averaged over the batch: the convention the published
+        # learning rate of 1 of Zaremba et al. (2014) assumes (their TensorFlow code).
+        scale = inputs.shape[1] if config.loss_sum_over_time else 1
+        return metrics["loss"] * scale, (metrics, carries)
 
     def batch(state, data, batch_key):
         """This step's batch, and the carries it starts from (stateful lm: the last window's)."""
@@ -292,6 +357,8 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
     def init(seed_key):
         init_key, train_key, valid_key, test_key = jax.random.split(seed_key, 4)
         params = init_model(init_key, model)
+        if config.init_scale is not None:
+            params = uniform_init(jax.random.fold_in(init_key, 1), params, config.init_scale)
         carries = initial_carries(params, model, config.batch_size) if config.stateful else None
         return {
             "carries": carries,
@@ -346,17 +413,48 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
         per_batch = jax.lax.map(one, jnp.arange(config.eval_batches))
         return jax.tree.map(lambda v: jnp.mean(v, axis=0), per_batch)
 
+    def evaluate_stream(params, inputs, targets):
+        """One stream of windows (W, T) in order, the carry crossing windows; sums weighted
+        by each window's real targets."""
+
+        def window(carries, batch):
+            window_inputs, window_targets = batch
+            outputs, carries = apply_model(params, model, window_inputs[None], carries)
+            weight = jnp.sum(window_targets != IGNORED_TARGET)
+            metrics = task.metrics(outputs, window_targets[None])
+            return carries, (jax.tree.map(lambda v: v * weight, metrics), weight)
+
+        _, (sums, weights) = jax.lax.scan(
+            window, initial_carries(params, model, 1), (inputs, targets)
+        )
+        return jax.tree.map(jnp.sum, sums), jnp.sum(weights)
+
     return Program(
         init=jax.jit(lambda keys: jax.lax.map(init, keys)),  # not vmap: see init_population
         train_chunk=jax.jit(jax.vmap(train_chunk, in_axes=(0, None))),
         evaluate=jax.jit(jax.vmap(metrics_of, in_axes=(0, None, None))),
         evaluate_sampled=jax.jit(jax.vmap(evaluate_sampled, in_axes=(0, 0, None))),
+        evaluate_stream=jax.jit(jax.vmap(evaluate_stream, in_axes=(0, None, None))),
         chunk=chunk,
     )
 
 
-def evaluate(program: Program, task: Task, state: dict, split: str, batch_size: int) -> dict:
-    """Metrics per seed ({name: array (S,)}) on the validation or test split."""
+def evaluate(
+    program: Program, task: Task, state: dict, split: str, batch_size: int, stream: bool = False
+) -> dict:
+    """Metrics per seed ({name: array (S,)}) on the validation or test split.
+
+    ``stream`` (stateful lm): the whole split as one stream, the state carried across it.
+    """
+    if stream:
+        inputs, targets = task.eval_stream(split)
+        sums, weight = program.evaluate_stream(
+            state["params"], jnp.asarray(inputs), jnp.asarray(targets)
+        )
+        means = {k: np.asarray(v, np.float64) / np.asarray(weight) for k, v in sums.items()}
+        if "perplexity" in means:
+            means["perplexity"] = np.exp(means["loss"])
+        return means
     batches = task.eval_data(split, batch_size)
     if not batches:
         which = {"validation": 0, "test": 1}[split]
@@ -443,6 +541,10 @@ def train(
         raise ValueError(f"unknown W&B mode {wandb_mode!r}; valid modes: {', '.join(WANDB_MODES)}")
     config_file = run_dir / "config.json"
     resumed = config_file.exists()
+    task = None
+    if config.epochs is not None:  # the step count depends on the corpus
+        task = make_task(config.task_config())
+        config = resolve_epochs(config, task)
     if resumed:
         saved = read_json(config_file)
         defaults = resolved_config(TrainConfig())  # a field added since the run: its default
@@ -456,7 +558,7 @@ def train(
             )
         if (run_dir / "summary.json").exists():
             return read_json(run_dir / "summary.json")
-    task = make_task(config.task_config())
+    task = task or make_task(config.task_config())
     model = config.model_config(task)
     with _removed_on_bad_input(run_dir):
         seeds = config.seed_list
@@ -527,7 +629,9 @@ def train(
                 bar.update(config.log_every)
                 bar.set_postfix_str(" ".join(f"{float(v):.4f}" for v in means["loss"]))
             if step % config.eval_every == 0 or step == config.steps:
-                valid = evaluate(program, task, state, "validation", config.batch_size)
+                valid = evaluate(
+                    program, task, state, "validation", config.batch_size, config.stateful
+                )
                 log(_records(step, seeds, "validation", valid, with_baseline))
             if step % config.checkpoint_every == 0 or step == config.steps:
                 import orbax.checkpoint as ocp
@@ -539,7 +643,7 @@ def train(
             manager.close()
             return {"stopped_at": step}
 
-        test = evaluate(program, task, state, "test", config.batch_size)
+        test = evaluate(program, task, state, "test", config.batch_size, config.stateful)
         test_records = _records(step, seeds, "test", test, with_baseline)
         log(test_records)
         diverged = [seed for seed, d in zip(seeds, np.asarray(state["diverged"]), strict=True) if d]

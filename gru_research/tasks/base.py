@@ -25,11 +25,14 @@ class TaskConfig:
         seq_len: copy: the delay T (inputs have length T + 20); adding: the length T;
             selective_copy: L (inputs have length L + K); lm: the window length.
         num_tokens: selective_copy: K, the number of tokens to recall.
-        corpus: lm: a TFDS text dataset name (a "text" feature); default tiny_shakespeare.
+        corpus: lm: a TFDS text dataset name (a "text" feature), default tiny_shakespeare;
+            or ``ptb`` / ``ptb_char``, Penn Treebank read from ``data_dir``.
         text_file: lm: a plain UTF-8 file instead of TFDS, split 90/5/5 by characters.
         tfds_data_dir: where TFDS prepares data (None: the TFDS default, ~/tensorflow_datasets).
         tfds_manual_dir: the TFDS manual dir; None with tiny_shakespeare: the packaged copy.
         eval_batches: synthetic tasks: how many fresh batches one evaluation draws.
+        data_dir: ptb: the folder of ptb.train.txt, ptb.valid.txt and ptb.test.txt.
+        data_checks: ptb: check the files' sizes and sha256 sums (off for test slices).
     """
 
     name: str = "copy"
@@ -40,6 +43,8 @@ class TaskConfig:
     tfds_data_dir: str | None = None
     tfds_manual_dir: str | None = None
     eval_batches: int = 4
+    data_dir: str | None = None
+    data_checks: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ class Task:
             epoch_start)`, the window-th window of B contiguous streams of the training split
             (stateful training with truncated backpropagation through time, Zaremba et al.,
             2014); windows wrap around by epoch, and `epoch_start` flags the first of each.
+        windows_per_epoch: lm only: `windows_per_epoch(batch_size)`, the windows of one epoch
+            of `stream_window`.
+        eval_stream: lm only: `eval_stream(split) -> (inputs, targets)`, the split as one
+            stream of contiguous (W, T) windows in order (the last padded), for evaluation that
+            carries the state across the whole split.
         eval_data: `eval_data(split, batch_size) -> [(inputs, targets, weight), ...]` for the lm
             (numpy batches covering the whole split); [] for synthetic tasks.
         vocabulary: lm: the character of each id below `vocab_size - 1` (the last id is
@@ -82,6 +92,8 @@ class Task:
     eval_data: Callable
     vocabulary: tuple[str, ...] | None = None
     stream_window: Callable | None = None
+    windows_per_epoch: Callable | None = None
+    eval_stream: Callable | None = None
 
 
 def no_eval_data(split: str, batch_size: int) -> list:

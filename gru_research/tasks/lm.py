@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gru_research.tasks.base import IGNORED_TARGET, Task, TaskConfig, token_cross_entropy
+from gru_research.tasks.ptb import PTB_CORPORA, ptb_splits
 
 TINY_SHAKESPEARE = "tiny_shakespeare"
 TINY_SHAKESPEARE_FILE = "input.txt"
@@ -64,6 +65,7 @@ class CharCorpus:
 
     vocabulary: tuple[str, ...]  # id i is vocabulary[i]; id len(vocabulary) is "unknown"
     splits: dict[str, np.ndarray]
+    has_unknown_id: bool = True  # False: every id is a vocabulary entry (ptb has its <unk>)
 
     @property
     def unknown_id(self) -> int:
@@ -71,7 +73,7 @@ class CharCorpus:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.vocabulary) + 1
+        return len(self.vocabulary) + self.has_unknown_id
 
 
 # ---------------------------------------------------------------------------- reading text
@@ -248,14 +250,20 @@ def stream_window(
     """
     per_stream = tokens.shape[0] // batch_size
     streams = tokens[: per_stream * batch_size].reshape(batch_size, per_stream)
-    windows = (per_stream - 1) // seq_len
+    windows = stream_windows_per_epoch(tokens.shape[0], batch_size, seq_len)
+    index = window % windows
+    chunk = jax.lax.dynamic_slice_in_dim(streams, index * seq_len, seq_len + 1, axis=1)
+    return chunk[:, :-1], chunk[:, 1:], index == 0
+
+
+def stream_windows_per_epoch(length: int, batch_size: int, seq_len: int) -> int:
+    """Windows in one epoch of :func:`stream_window` over ``length`` tokens."""
+    windows = (length // batch_size - 1) // seq_len
     if windows < 1:
         raise ValueError(
             f"the training split is too short for {batch_size} streams of windows of {seq_len}"
         )
-    index = window % windows
-    chunk = jax.lax.dynamic_slice_in_dim(streams, index * seq_len, seq_len + 1, axis=1)
-    return chunk[:, :-1], chunk[:, 1:], index == 0
+    return windows
 
 
 def contiguous_windows(tokens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -311,7 +319,11 @@ def lm_metrics(logits: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
 
 
 def load_corpus(config: TaskConfig) -> CharCorpus:
-    """Read (TFDS or text file) and encode the corpus the config names."""
+    """Read (PTB files, TFDS or a text file) and encode the corpus the config names."""
+    if config.corpus in PTB_CORPORA and config.text_file is None:
+        vocabulary, splits = ptb_splits(config.corpus, config.data_dir, config.data_checks)
+        unknown = any(bool(np.any(ids == len(vocabulary))) for ids in splits.values())
+        return CharCorpus(vocabulary, splits, has_unknown_id=unknown)
     if config.text_file is not None:
         texts = read_text_file_splits(config.text_file)
     else:
@@ -336,7 +348,13 @@ def make_lm_task(config: TaskConfig) -> Task:
     """Character-level language modelling over windows of `config.seq_len` characters."""
     seq_len = config.seq_len
     corpus = load_corpus(config)
-    source = config.text_file if config.text_file is not None else f"TFDS {config.corpus}"
+    source = (
+        config.text_file
+        if config.text_file is not None
+        else config.corpus
+        if config.corpus in PTB_CORPORA
+        else f"TFDS {config.corpus}"
+    )
     check_split_lengths(corpus, seq_len, source)
     baseline = lm_baseline(corpus)
 
@@ -359,6 +377,12 @@ def make_lm_task(config: TaskConfig) -> Task:
     def is_solved(metrics: dict[str, float]) -> bool:
         return float(metrics["loss"]) < baseline["bigram_loss"]
 
+    def windows_per_epoch(batch_size: int) -> int:
+        return stream_windows_per_epoch(len(corpus.splits["train"]), batch_size, seq_len)
+
+    def eval_stream(split: str) -> tuple[np.ndarray, np.ndarray]:
+        return contiguous_windows(corpus.splits[split], seq_len)
+
     return Task(
         name="lm",
         vocab_size=corpus.vocab_size,
@@ -375,4 +399,6 @@ def make_lm_task(config: TaskConfig) -> Task:
         eval_data=eval_data,
         vocabulary=corpus.vocabulary,
         stream_window=stream,
+        windows_per_epoch=windows_per_epoch,
+        eval_stream=eval_stream,
     )
