@@ -99,8 +99,9 @@ def expand(sweep: dict) -> list[dict]:
 
 
 def point_name(point: dict, sweep: dict) -> str:
-    """A folder name from the parameters that vary across the sweep (all of them if none do)."""
-    varying = [n for n, s in sweep["parameters"].items() if "value" not in s] or list(point)
+    """A folder name from the parameters that vary across the sweep (the cell if none do)."""
+    varying = [n for n, s in sweep["parameters"].items() if "value" not in s]
+    varying = varying or (["cell"] if "cell" in point else list(point))
     return ",".join(f"{n}={point[n]}" for n in varying).replace("/", "_")
 
 
