@@ -10,7 +10,8 @@ A layer's parameters are a plain pytree, named as in ``../shared/DESIGN.md`` §2
 Gate keys are ``z``, ``r`` and the candidate ``h`` (GRU family) or ``i``, ``f``, ``o`` and the
 candidate ``g`` (LSTM family). The fast path never calls a step on raw inputs: it hoists
 :func:`input_projection` of the whole sequence out of the time loop, then runs
-:func:`recurrent_step` (state-reading designs) or the linear recurrence of
+:func:`recurrent_step` (state-reading designs; :func:`recurrent_update` is the step after its
+one fused matmul) or the linear recurrence of
 :func:`recurrence_coefficients` (the rest). :func:`cell_apply` is the Flax-style
 ``(carry, x) -> (carry, y)`` contract built from the same two pieces.
 """

@@ -1,8 +1,11 @@
 """Running a layer over a whole sequence: sequential ``lax.scan`` or parallel associative scan.
 
 ``run_layer`` hoists the input projection of the whole sequence into one matmul, then scans
-time-major over the recurrent part only (DESIGN.md §2). Designs that never read the previous
-state are a linear recurrence h_t = a_t ⊙ h_{t−1} + b_t, which either scan can run:
+time-major over the recurrent part only (DESIGN.md §2). Designs that read the previous state
+run :func:`state_reading_scan`: one fused (H, G·H) matmul per step, and a custom gradient
+that forms the recurrent kernel's gradient after the loop as one matmul. Designs that never
+read the previous state are a linear recurrence h_t = a_t ⊙ h_{t−1} + b_t, which either scan
+can run:
 
 * ``"sequential"``: ``lax.scan`` over (a_t, b_t), or over the full step for the other designs;
 * ``"parallel"``: ``lax.associative_scan``, in log space for a positive candidate (minGRU,
