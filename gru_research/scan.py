@@ -60,10 +60,6 @@ def resolve_scan(design: GateDesign, scan: ScanKind) -> Literal["sequential", "p
     return scan
 
 
-def _time_major(tree):
-    return jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), tree)
-
-
 def linear_scan_sequential(a: Array, b: Array, h0: Array) -> Array:
     """h_t = a_t h_{t−1} + b_t by ``lax.scan`` over the leading (time) axis; all h_t."""
 
@@ -141,7 +137,8 @@ def run_layer(
     batch, length = xs.shape[:2]
     fresh = initial_carry(params, design, (batch,))
     carry = fresh if carry is None else carry
-    pre = _time_major(input_projection(params, design, xs, compute_dtype))
+    # time-major before the projection: one transpose of x, not one per gate of W x
+    pre = input_projection(params, design, jnp.swapaxes(xs, 0, 1), compute_dtype)
     valid, restart = step_masks(batch, length, seq_lengths, resets)
     if design.reads_state:
         ys, carry = state_reading_scan(
