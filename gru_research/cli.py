@@ -150,14 +150,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--rounds", type=positive_int, default=7)
     bench.add_argument("--seeds", default="1,2,4,8,16", help="seed counts to vmap")
-    bench.add_argument("--lengths", default="64,256,1024,4096", help="lengths of the T curve")
-    bench.add_argument("--out", default="results/benchmarks.md", help="markdown; a PNG beside it")
+    bench.add_argument("--lengths", default=None, help="lengths of the T curve (64,256,1024,4096)")
+    bench.add_argument("--out", default=None, help="markdown (default results/benchmarks.md)")
+    bench.add_argument(
+        "--feng-speed",
+        action="store_true",
+        help="only Feng et al.'s speed claim (default out: results/feng2024_speed/report.md)",
+    )
+    bench.add_argument("--batch", type=positive_int, default=64, help="--feng-speed: batch")
     return parser
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    from gru_research.bench import CONFIGS, report
+    from gru_research.bench import CONFIGS, FENG_LENGTHS, report, speed_claim, speed_claim_report
 
+    if args.feng_speed:
+        out = Path(args.out or "results/feng2024_speed/report.md")
+        lengths = FENG_LENGTHS if args.lengths is None else _int_list("--lengths", args.lengths)
+        command = (
+            f"gru-research bench --feng-speed --lengths {','.join(map(str, lengths))} "
+            f"--batch {args.batch} --rounds {args.rounds} --out {out}"
+        )
+        rows = speed_claim(lengths, args.batch, args.rounds)
+        text = speed_claim_report(rows, args.batch, args.rounds, command)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, text)
+        print(text)
+        return
+    args.out = args.out or "results/benchmarks.md"
+    args.lengths = args.lengths or "64,256,1024,4096"
     names = args.configs.split(",")
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:

@@ -62,3 +62,18 @@ def test_profile_splits_the_step_into_phases():
     assert [r.split("|")[2].strip() for r in rows] == ["gru-research gru", "flax nn.RNN(GRUCell)"]
     for row in rows:
         assert float(row.split("|")[-2]) > 0
+
+
+def test_feng_speed_claim_table_and_verdicts():
+    rows = bench.speed_claim([4, 8], batch=2, rounds=1)
+    assert [r["length"] for r in rows] == [4, 8]
+    assert all(r["gru s"] > 0 and r["min_gru parallel bytes"] > 0 for r in rows)
+    text = bench.speed_claim_report(rows, batch=2, rounds=1, command="cmd")
+    assert "| 4 |" in text and "| 8 |" in text and "**not measured**" in text
+    fake = [
+        {"length": t, "gru s": g, "min_gru parallel s": 1.0, "min_gru sequential s": 1.0}
+        | {"gru bytes": 100, "min_gru parallel bytes": 150, "min_gru sequential bytes": 90}
+        for t, g in [(4, 2.0), (8, 3.0)]
+    ]
+    verdicts = bench.speed_claim_report(fake, batch=2, rounds=1, command="cmd")
+    assert verdicts.count("**held**") == 2 and "2.00×, 3.00×" in verdicts
