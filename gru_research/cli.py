@@ -5,6 +5,7 @@
     gru-research sweep FILE --out DIR | --export-wandb OUT.yaml
     gru-research table DIR [--metric loss] [--reference gru]
     gru-research bench [--configs small,medium,long] [--out results/benchmarks.md]
+    gru-research gradflow --cell gru,lstm --task copy --seq-len 100 [--checkpoint RUN]
 
 Bad input ends with one line on stderr naming the valid choices and a non-zero exit.
 """
@@ -144,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--metric", default=None, help="a final test metric (default: the sweep's)")
     table.add_argument("--reference", default=None, help="design for the Welch t-test")
     table.add_argument("--rows", default="cell", help="comma-separated row parameters")
+    gradflow = commands.add_parser("gradflow", help="||dL_T / dh_t|| over t, per design")
+    gradflow.add_argument("--cell", default="rnn_tanh,gru,gru_no_reset,lstm,min_gru")
+    gradflow.add_argument("--task", choices=("copy", "adding", "lm"), default="copy")
+    gradflow.add_argument("--seq-len", type=positive_int, default=100)
+    gradflow.add_argument("--hidden", type=positive_int, default=64)
+    gradflow.add_argument("--seeds", type=positive_int, default=4)
+    gradflow.add_argument("--batch-size", type=positive_int, default=32)
+    gradflow.add_argument(
+        "--checkpoint", default=None, help="comma-separated run folders: their trained seeds"
+    )
+    gradflow.add_argument("--out", default="results/gradflow", help="CSV, plot and rates here")
     bench = commands.add_parser("bench", help="training-step throughput against Flax and PyTorch")
     bench.add_argument(
         "--configs", default="small,medium,long", help="comma-separated: small, medium, long"
@@ -159,6 +171,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--batch", type=positive_int, default=64, help="--feng-speed: batch")
     return parser
+
+
+def run_gradflow(args: argparse.Namespace) -> None:
+    """Curves at initialisation (``--cell``) or of trained run folders (``--checkpoint``)."""
+    import jax
+
+    from gru_research import gradflow
+
+    curves, label = {}, ""
+    key = jax.random.key(1234)
+    if args.checkpoint:
+        for run in args.checkpoint.split(","):
+            config, task, model, params = gradflow.trained_population(run)
+            norms = gradflow.population_norms(params, model, task, key, args.batch_size)
+            curves[f"{config.cell} (trained, {Path(run).name})"] = norms
+            label = f"{config.task}, T = {config.seq_len}, trained"
+    else:
+        for cell in args.cell.split(","):
+            config = TrainConfig(
+                task=args.task, cell=cell, seq_len=args.seq_len, hidden=args.hidden, layers=1
+            )
+            from gru_research.tasks import make_task
+
+            task = make_task(config.task_config())
+            model = config.model_config(task)
+            params = gradflow.initial_population(model, list(range(args.seeds)))
+            curves[cell] = gradflow.population_norms(params, model, task, key, args.batch_size)
+        label = f"{args.task}, T = {args.seq_len}, at initialisation"
+    rates = gradflow.write_curves(curves, args.out, label)
+    lines = [f"gradient flow ({label}): decay rate of log ||dL_T/dh_t|| per step of distance"]
+    lines += [f"  {design}: {rate:+.4f}" for design, rate in rates.items()]
+    write_atomic(Path(args.out) / "rates.txt", "\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -305,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             run_sweep_command(args)
         elif args.command == "bench":
             run_bench(args)
+        elif args.command == "gradflow":
+            run_gradflow(args)
         elif args.command == "table":
             print(make_tables(args.dir, args.metric, args.reference, args.rows))
     except (ValueError, FileNotFoundError) as err:
