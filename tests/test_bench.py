@@ -39,6 +39,7 @@ def test_seed_scaling_and_targets():
     assert any("compile time" in r and "met" in r for r in rows)
 
 
+@pytest.mark.slow
 def test_length_scaling_and_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(
         bench, "LENGTH_CURVES", {k: v for k, v in bench.LENGTH_CURVES.items() if "torch" not in k}

@@ -53,8 +53,17 @@ def _norms_one_step_at_a_time(model, task, params, inputs, targets):
     return jnp.stack(norms)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm", "min_gru"])
-@pytest.mark.parametrize("task_name", ["copy", "adding"])
+@pytest.mark.parametrize(
+    ("cell", "task_name"),
+    [
+        ("gru", "copy"),
+        ("lstm", "adding"),
+        pytest.param("min_gru", "copy", marks=pytest.mark.slow),
+        pytest.param("gru", "adding", marks=pytest.mark.slow),
+        pytest.param("lstm", "copy", marks=pytest.mark.slow),
+        pytest.param("min_gru", "adding", marks=pytest.mark.slow),
+    ],
+)
 def test_one_backward_pass_equals_a_gradient_per_step(cell, task_name):
     model, task, params, inputs, targets = _setup(cell, task_name)
     curve = gradflow.gradient_norms(params, model, task, inputs, targets)["h"]
@@ -78,6 +87,7 @@ def test_linear_recurrence_decays_at_log_abs_a(a):
     assert gradflow.decay_rate(np.asarray(norms)) == pytest.approx(math.log(abs(a)), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_trained_checkpoint_loads_into_gradflow(tmp_path):
     config = TrainConfig(
         task="adding",

@@ -66,9 +66,11 @@ def max_abs_diff(a, b) -> float:
     )
 
 
-CASES = [(name, True) for name in STATE_READING] + [
-    (name, False) for name in ("gru", "gru_reset_before", "lstm")
-]
+UNIT = ("gru", "gru_reset_before", "lstm", "mgu")  # the rest run with the slow tests (CI)
+CASES = [
+    pytest.param(name, True, marks=() if name in UNIT else pytest.mark.slow)
+    for name in STATE_READING
+] + [(name, False) for name in ("gru", "gru_reset_before", "lstm")]
 
 
 @pytest.mark.parametrize(("name", "masks"), CASES)
@@ -123,7 +125,12 @@ def _model_loss(config, tokens):
     return loss
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm", "min_gru"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "cell", ["gru", pytest.param("lstm", marks=SLOW), pytest.param("min_gru", marks=SLOW)]
+)
 def test_remat_equals_no_remat(cell):
     config = ModelConfig(cell=cell, vocab_size=11, hidden_size=8, output_size=11, num_layers=2)
     tokens = jax.random.randint(jax.random.key(1), (4, 33), 0, 11)
@@ -136,7 +143,9 @@ def test_remat_equals_no_remat(cell):
 BF16_TOLERANCE = 0.05  # documented in README "Speed": relative error of the loss, T = 32
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm", "min_gru"])
+@pytest.mark.parametrize(
+    "cell", ["gru", pytest.param("lstm", marks=SLOW), pytest.param("min_gru", marks=SLOW)]
+)
 def test_bfloat16_stays_near_float32(cell):
     config = ModelConfig(cell=cell, vocab_size=11, hidden_size=16, output_size=11, num_layers=2)
     tokens = jax.random.randint(jax.random.key(1), (4, 33), 0, 11)
@@ -169,6 +178,7 @@ print(json.dumps({"devices": jax.local_device_count(), "final": summary["final"]
 """
 
 
+@pytest.mark.slow
 def test_seeds_sharded_over_four_host_devices_equal_one_device(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     out = subprocess.run(
