@@ -215,7 +215,7 @@ def test_copy_T20_gru_4_seeds_learns_through_the_cli(tmp_path):
         "--seeds",
         "4",
         "--steps",
-        "1500",
+        "2500",
         "--seq-len",
         "20",
         "--hidden",
