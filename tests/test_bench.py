@@ -7,6 +7,7 @@ from gru_research import bench
 TINY = bench.BenchConfig("tiny", batch=2, length=6, embed=4, hidden=8, vocab=7)
 
 
+@pytest.mark.slow
 def test_every_implementation_trains_and_reports():
     timings = bench.compare(TINY, rounds=1)
     rows = bench.timing_rows(timings)
@@ -25,6 +26,7 @@ def test_every_implementation_trains_and_reports():
         assert float(cells[3].replace(",", "")) > 0 and float(cells[4]) > 0
 
 
+@pytest.mark.slow
 def test_seed_scaling_and_targets():
     speed_ups = bench.seed_scaling(TINY, [1, 2, 8], rounds=1)
     assert speed_ups[1] == 1.0 and speed_ups[2] > 0 and speed_ups[8] > 0
@@ -58,6 +60,7 @@ def test_torch_anchor_when_installed(cell):
     assert step.name.startswith("torch nn.")
 
 
+@pytest.mark.slow
 def test_profile_splits_the_step_into_phases():
     rows = bench.profile(TINY, rounds=1)
     assert [r.split("|")[2].strip() for r in rows] == ["gru-research gru", "flax nn.RNN(GRUCell)"]
@@ -65,6 +68,7 @@ def test_profile_splits_the_step_into_phases():
         assert float(row.split("|")[-2]) > 0
 
 
+@pytest.mark.slow
 def test_feng_speed_claim_table_and_verdicts():
     rows = bench.speed_claim([4, 8], batch=2, rounds=1)
     assert [r["length"] for r in rows] == [4, 8]

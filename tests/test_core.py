@@ -213,6 +213,7 @@ def test_shared_data_vmaps_only_params():
     assert values.shape == (2,) and float(values[0]) != float(values[1])
 
 
+@pytest.mark.slow
 def test_token_inputs_and_every_preset_forward_and_grad():
     for name in PRESETS:
         config = ModelConfig(cell=name, vocab_size=11, hidden_size=6, output_size=11, num_layers=2)

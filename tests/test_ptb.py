@@ -36,6 +36,7 @@ def ptb_slice(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_word_level_counts_and_vocabulary(capsys):
     vocabulary, splits = ptb_splits("ptb", PTB_DIR)
@@ -128,6 +129,7 @@ def _one_step(config, task, state=None):
     return program, state, program.train_chunk(state, task.data)
 
 
+@pytest.mark.slow
 def test_uniform_init_and_the_summed_loss_convention(ptb_slice):
     config = resolve_epochs(
         _stateful_config(data_dir=str(ptb_slice), clip_norm=None, lr=0.01, schedule="constant"),
@@ -145,6 +147,7 @@ def test_uniform_init_and_the_summed_loss_convention(ptb_slice):
         np.testing.assert_allclose(sum_new - before, 10 * (mean_new - before), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_carry_crosses_windows(ptb_slice):
     """Breaking the carry between windows changes the second window's loss."""
     config = resolve_epochs(
@@ -159,6 +162,7 @@ def test_the_carry_crosses_windows(ptb_slice):
     assert abs(float(carried["loss"][0, 0]) - float(fresh["loss"][0, 0])) > 1e-4
 
 
+@pytest.mark.slow
 def test_stateful_evaluation_carries_the_state_across_the_split(ptb_slice):
     from gru_research.train import evaluate
 

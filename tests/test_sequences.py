@@ -259,6 +259,7 @@ def test_stream_windows_cover_each_stream_once_per_epoch():
     assert np.array_equal(np.concatenate(seen[4:], axis=1), epoch)
 
 
+@pytest.mark.slow
 def test_stateful_lm_and_the_design_options_run_through_the_cli(tmp_path):
     import json
     import subprocess

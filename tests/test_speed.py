@@ -66,7 +66,7 @@ def max_abs_diff(a, b) -> float:
     )
 
 
-UNIT = ("gru", "gru_reset_before", "lstm", "mgu")  # the rest run with the slow tests (CI)
+UNIT = ("gru", "lstm")  # the rest run with the slow tests (CI)
 CASES = [
     pytest.param(name, True, marks=() if name in UNIT else pytest.mark.slow)
     for name in STATE_READING
@@ -102,6 +102,7 @@ def test_fused_kernel_gradient_equals_plain_scan_gradient(name, masks):
     assert max_abs_diff(grads, expected) <= 1e-4
 
 
+@pytest.mark.slow
 def test_fused_kernel_gradient_under_vmap_over_seeds():
     design = PRESETS["gru"]
     keys = jax.random.split(jax.random.key(0), 4)
@@ -128,9 +129,7 @@ def _model_loss(config, tokens):
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize(
-    "cell", ["gru", pytest.param("lstm", marks=SLOW), pytest.param("min_gru", marks=SLOW)]
-)
+@pytest.mark.parametrize("cell", [pytest.param(c, marks=SLOW) for c in ("gru", "lstm", "min_gru")])
 def test_remat_equals_no_remat(cell):
     config = ModelConfig(cell=cell, vocab_size=11, hidden_size=8, output_size=11, num_layers=2)
     tokens = jax.random.randint(jax.random.key(1), (4, 33), 0, 11)
@@ -143,9 +142,7 @@ def test_remat_equals_no_remat(cell):
 BF16_TOLERANCE = 0.05  # documented in README "Speed": relative error of the loss, T = 32
 
 
-@pytest.mark.parametrize(
-    "cell", ["gru", pytest.param("lstm", marks=SLOW), pytest.param("min_gru", marks=SLOW)]
-)
+@pytest.mark.parametrize("cell", [pytest.param(c, marks=SLOW) for c in ("gru", "lstm", "min_gru")])
 def test_bfloat16_stays_near_float32(cell):
     config = ModelConfig(cell=cell, vocab_size=11, hidden_size=16, output_size=11, num_layers=2)
     tokens = jax.random.randint(jax.random.key(1), (4, 33), 0, 11)
