@@ -386,7 +386,13 @@ def initial_carry(params: Params, design: GateDesign, batch_shape: tuple[int, ..
 
 def cell_apply(params: Params, design: GateDesign, carry: Carry, x: Array) -> tuple[Carry, Array]:
     """``(carry, x_t) -> (carry, y_t)`` for one step on raw inputs (the Flax cell contract)."""
-    pre = input_projection(params, design, x)
+    return step_from_projection(params, design, carry, input_projection(params, design, x))
+
+
+def step_from_projection(
+    params: Params, design: GateDesign, carry: Carry, pre: Mapping[str, Array]
+) -> tuple[Carry, Array]:
+    """One step of any design from its hoisted input pre-activations ``pre`` (no scan)."""
     if design.reads_state:
         return recurrent_step(params, design, carry, pre)
     a, b = recurrence_coefficients(design, pre)

@@ -20,12 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gru_research.cells import (
-    input_projection,
-    output_from_states,
-    recurrence_coefficients,
-    recurrent_step,
-)
+from gru_research.cells import input_projection, step_from_projection
 from gru_research.model import ModelConfig, _apply_dense, init_population, seed_keys
 from gru_research.tasks import Task
 from gru_research.tasks.base import token_cross_entropy
@@ -41,17 +36,6 @@ def last_step_loss(task: Task, outputs: jax.Array, targets: jax.Array) -> jax.Ar
     return token_cross_entropy(outputs[:, -1:], targets[:, -1:])
 
 
-def _step(params, design, carry, pre_t):
-    """One step on hoisted pre-activations, for every design (no custom gradient here)."""
-    if design.reads_state:
-        return recurrent_step(params, design, carry, pre_t)[0]
-    a, b = recurrence_coefficients(design, pre_t)
-    if design.family == "lstm":
-        c = a * carry[0] + b
-        return c, output_from_states(design, c, pre_t)
-    return a * carry + b
-
-
 def carry_gradients(params, config: ModelConfig, task: Task, inputs, targets):
     """dL_T / dcarry_t for every t: a carry-shaped tree of (T, B, H) arrays, one seed."""
     design, layer = config.design, params["layers"][0]
@@ -64,7 +48,9 @@ def carry_gradients(params, config: ModelConfig, task: Task, inputs, targets):
     def loss(perturbation):
         def step(carry, inputs):
             pre_t, eps_t = inputs
-            carry = jax.tree.map(jnp.add, _step(layer, design, carry, pre_t), eps_t)
+            carry = jax.tree.map(
+                jnp.add, step_from_projection(layer, design, carry, pre_t)[0], eps_t
+            )
             return carry, None
 
         last, _ = jax.lax.scan(step, carry0, (pre, perturbation))

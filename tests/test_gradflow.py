@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gru_research import gradflow
-from gru_research.cells import input_projection
+from gru_research.cells import input_projection, step_from_projection
 from gru_research.gates import PRESETS, Candidate
 from gru_research.model import _apply_dense, init_model
 from gru_research.tasks import make_task
@@ -36,12 +36,12 @@ def _norms_one_step_at_a_time(model, task, params, inputs, targets):
     carry = (zero, zero) if design.family == "lstm" else zero
     carries = []
     for pre_t in steps:
-        carry = gradflow._step(layer, design, carry, pre_t)
+        carry = step_from_projection(layer, design, carry, pre_t)[0]
         carries.append(carry)
 
     def loss_from(carry, t):
         for pre_t in steps[t + 1 :]:
-            carry = gradflow._step(layer, design, carry, pre_t)
+            carry = step_from_projection(layer, design, carry, pre_t)[0]
         h = carry[1] if design.family == "lstm" else carry
         return gradflow.last_step_loss(task, _apply_dense(params["readout"], h)[:, None], targets)
 
