@@ -97,12 +97,9 @@ def _jax_step(name: str, loss_fn, params, tokens) -> Step:
     return Step(name, run, compile_s, memory_bytes)
 
 
-def ours(cfg: BenchConfig, cell: str, seeds: int = 1, scan: str = "auto", **options: Any) -> Step:
-    """gru-research's model; with ``seeds`` > 1, that many models trained by one vmapped step.
-
-    ``options`` are further :class:`ModelConfig` fields (``precision``, ``remat``).
-    """
-    config = ModelConfig(
+def bench_model(cfg: BenchConfig, cell: str, scan: str = "auto", **options: Any) -> ModelConfig:
+    """The model every implementation builds for ``cfg``: embedding, layers, readout."""
+    return ModelConfig(
         cell=cell,
         vocab_size=cfg.vocab,
         embed_size=cfg.embed,
@@ -112,6 +109,14 @@ def ours(cfg: BenchConfig, cell: str, seeds: int = 1, scan: str = "auto", **opti
         scan=scan,
         **options,
     )
+
+
+def ours(cfg: BenchConfig, cell: str, seeds: int = 1, scan: str = "auto", **options: Any) -> Step:
+    """gru-research's model; with ``seeds`` > 1, that many models trained by one vmapped step.
+
+    ``options`` are further :class:`ModelConfig` fields (``precision``, ``remat``).
+    """
+    config = bench_model(cfg, cell, scan, **options)
 
     def loss_one(p, inputs, targets):
         return _cross_entropy(apply_model(p, config, inputs)[0], targets)

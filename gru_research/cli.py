@@ -6,6 +6,7 @@
     gru-research table DIR [--metric loss] [--reference gru]
     gru-research bench [--configs small,medium,long] [--out results/benchmarks.md]
     gru-research gradflow --cell gru,lstm --task copy --seq-len 100 [--checkpoint RUN]
+    gru-research claims experiments/textbook_claims.yaml [--out results/textbook_claims]
 
 Bad input ends with one line on stderr naming the valid choices and a non-zero exit.
 """
@@ -30,7 +31,14 @@ from gru_research.sweep import export_wandb, load_sweep, run_sweep
 from gru_research.tables import to_markdown, write_table
 from gru_research.tasks import TASKS
 from gru_research.tracking import WANDB_MODES, write_atomic
-from gru_research.train import OPTIMIZERS, RECURRENT_INITS, SCHEDULES, TrainConfig, train
+from gru_research.train import (
+    OPTIMIZERS,
+    RECURRENT_INITS,
+    SCHEDULES,
+    TrainConfig,
+    load_run_config,
+    train,
+)
 
 TRAIN_HELP = {
     "task": "the task",
@@ -145,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--metric", default=None, help="a final test metric (default: the sweep's)")
     table.add_argument("--reference", default=None, help="design for the Welch t-test")
     table.add_argument("--rows", default="cell", help="comma-separated row parameters")
+    claims = commands.add_parser(
+        "claims", help="the five textbook claims about the GRU, tested (one report)"
+    )
+    claims.add_argument("file", help="experiments/textbook_claims.yaml")
+    claims.add_argument("--out", default="results/textbook_claims")
     gradflow = commands.add_parser("gradflow", help="||dL_T / dh_t|| over t, per design")
     gradflow.add_argument("--cell", default="rnn_tanh,gru,gru_no_reset,lstm,min_gru")
     gradflow.add_argument("--task", choices=("copy", "adding", "lm"), default="copy")
@@ -179,25 +192,22 @@ def run_gradflow(args: argparse.Namespace) -> None:
 
     from gru_research import gradflow
 
-    curves, label = {}, ""
     key = jax.random.key(1234)
     if args.checkpoint:
-        for run in args.checkpoint.split(","):
-            config, task, model, params = gradflow.trained_population(run)
-            norms = gradflow.population_norms(params, model, task, key, args.batch_size)
-            curves[f"{config.cell} (trained, {Path(run).name})"] = norms
-            label = f"{config.task}, T = {config.seq_len}, trained"
+        runs = args.checkpoint.split(",")
+        curves = gradflow.trained_curves(runs, args.batch_size, key)
+        config = load_run_config(runs[-1])
+        label = f"{config.task}, T = {config.seq_len}, trained"
     else:
-        for cell in args.cell.split(","):
-            config = TrainConfig(
-                task=args.task, cell=cell, seq_len=args.seq_len, hidden=args.hidden, layers=1
-            )
-            from gru_research.tasks import make_task
-
-            task = make_task(config.task_config())
-            model = config.model_config(task)
-            params = gradflow.initial_population(model, list(range(args.seeds)))
-            curves[cell] = gradflow.population_norms(params, model, task, key, args.batch_size)
+        curves = gradflow.initial_curves(
+            args.cell.split(","),
+            args.task,
+            args.seq_len,
+            args.hidden,
+            args.seeds,
+            args.batch_size,
+            key,
+        )
         label = f"{args.task}, T = {args.seq_len}, at initialisation"
     rates = gradflow.write_curves(curves, args.out, label)
     lines = [f"gradient flow ({label}): decay rate of log ||dL_T/dh_t|| per step of distance"]
@@ -352,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
             run_bench(args)
         elif args.command == "gradflow":
             run_gradflow(args)
+        elif args.command == "claims":
+            from gru_research.claims import run_claims
+
+            command = f"gru-research claims {args.file} --out {args.out}"
+            print(f"report: {run_claims(args.file, args.out, command=command)}")
         elif args.command == "table":
             print(make_tables(args.dir, args.metric, args.reference, args.rows))
     except (ValueError, FileNotFoundError) as err:

@@ -13,7 +13,6 @@ distance T − t. A plain tanh RNN's gradient vanishes at a rate that gates are 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -104,20 +103,10 @@ def trained_population(run_dir: str | Path):
     """(TrainConfig, task, ModelConfig, params of every seed) from a run folder's last
     checkpoint."""
     from gru_research.tasks import make_task
-    from gru_research.train import (
-        TrainConfig,
-        _checkpoint_manager,
-        _restore,
-        build_program,
-        read_json,
-    )
+    from gru_research.train import _checkpoint_manager, _restore, build_program, load_run_config
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"no run folder at {run_dir} (config.json missing)")
-    saved = read_json(run_dir / "config.json")["run"]
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    config = load_run_config(run_dir)
     task = make_task(config.task_config())
     model = config.model_config(task)
     program = build_program(config, task, model)
@@ -129,6 +118,33 @@ def trained_population(run_dir: str | Path):
     state = _restore(manager, latest, state)
     manager.close()
     return config, task, model, state["params"]
+
+
+def initial_curves(
+    cells: list[str], task: str, seq_len: int, hidden: int, seeds: int, batch: int, key
+) -> dict[str, dict]:
+    """{design: norms (S, T)} at initialisation, one-layer models of ``hidden`` units."""
+    from gru_research.tasks import make_task
+    from gru_research.train import TrainConfig
+
+    curves = {}
+    for cell in cells:
+        config = TrainConfig(task=task, cell=cell, seq_len=seq_len, hidden=hidden, layers=1)
+        task_ = make_task(config.task_config())
+        model = config.model_config(task_)
+        params = initial_population(model, list(range(seeds)))
+        curves[cell] = population_norms(params, model, task_, key, batch)
+    return curves
+
+
+def trained_curves(run_dirs: list[str | Path], batch: int, key) -> dict[str, dict]:
+    """{"DESIGN (trained, RUN)": norms (S, T)} of the seeds of each run folder."""
+    curves = {}
+    for run in run_dirs:
+        config, task, model, params = trained_population(run)
+        norms = population_norms(params, model, task, key, batch)
+        curves[f"{config.cell} (trained, {Path(run).name})"] = norms
+    return curves
 
 
 def write_curves(curves: dict[str, dict], out_dir: str | Path, title: str) -> dict[str, float]:

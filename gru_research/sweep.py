@@ -43,6 +43,11 @@ def load_sweep(path: str | Path) -> dict:
         sweep = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return check_sweep(sweep, path)
+
+
+def check_sweep(sweep: Any, path: str | Path) -> dict:
+    """The sweep itself if it is well formed; one clear line naming ``path`` otherwise."""
     if not isinstance(sweep, dict) or "parameters" not in sweep:
         raise ValueError(f"{path}: a sweep file needs a 'parameters' mapping")
     if sweep.get("method", "grid") not in SWEEP_METHODS:
@@ -110,17 +115,25 @@ def point_config(point: dict, sweep: dict) -> TrainConfig:
 
 
 def run_sweep(
-    path: str | Path, out: str | Path, *, wandb_mode: str = "offline", progress=print
+    path: str | Path | dict, out: str | Path, *, wandb_mode: str = "offline", progress=print
 ) -> list[dict]:
-    """Train every point into ``out/<point name>``, one after another; resumable."""
-    sweep = load_sweep(path)
+    """Train every point into ``out/<point name>``, one after another; resumable.
+
+    ``path`` is a sweep file, or a sweep already read (a dict with a ``name``), as the
+    ``sweeps`` of an experiment such as textbook_claims.yaml.
+    """
+    out = Path(out)
+    given = isinstance(path, dict)
+    sweep = check_sweep(path, path.get("name", "sweep")) if given else load_sweep(path)
+    group = sweep.get("name", out.name if given else Path(path).stem)
     points = expand(sweep)
     configs = [point_config(p, sweep) for p in points]  # every point checked before any runs
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, out / "sweep.yaml")
+    if given:
+        write_atomic(out / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False, allow_unicode=True))
+    else:
+        shutil.copyfile(path, out / "sweep.yaml")
     summaries = []
-    group = sweep.get("name", Path(path).stem)
     for i, (point, config) in enumerate(zip(points, configs, strict=True), 1):
         name = point_name(point, sweep)
         run_dir = out / "runs" / name

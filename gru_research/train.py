@@ -498,6 +498,16 @@ def _records(step: int, seeds: list[int], split: str, metrics: dict, extra=None)
     return records
 
 
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig of a run folder (fields added since the run take their defaults)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"no run folder at {run_dir} (config.json missing)")
+    saved = read_json(run_dir / "config.json")["run"]
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+
+
 def _checkpoint_manager(run_dir: Path):
     import orbax.checkpoint as ocp
 

@@ -88,6 +88,7 @@ def test_bad_sweep_files_are_one_line(tmp_path, parameters, message):
         load_sweep(write_sweep(tmp_path / "s.yaml", parameters))
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_skips_finished_points(tmp_path):
     path = write_sweep(tmp_path / "s.yaml", {**TINY, "cell": {"values": ["gru", "min_gru"]}})
 
@@ -106,6 +107,7 @@ def test_an_interrupted_sweep_skips_finished_points(tmp_path):
     assert [s["cell"] for s in summaries] == ["gru", "min_gru"]
 
 
+@pytest.mark.slow
 def test_exported_wandb_sweep_command_trains_a_point(tmp_path):
     path = write_sweep(
         tmp_path / "s.yaml",

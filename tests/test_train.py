@@ -97,6 +97,7 @@ def poison_seed(index: int):
     return transform
 
 
+@pytest.mark.slow
 def test_nan_in_one_seed_marks_only_that_seed(tmp_path):
     config = TrainConfig(**SMALL, seeds=3, steps=20)
     summary = train(config, tmp_path / "run", wandb_mode="disabled", state_transform=poison_seed(1))
@@ -108,6 +109,7 @@ def test_nan_in_one_seed_marks_only_that_seed(tmp_path):
         assert summary["final"]["loss"][i] == pytest.approx(healthy["final"]["loss"][i], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_wandb_offline_runs_hold_the_logged_losses(tmp_path):
     run = tmp_path / "run"
     train(TrainConfig(**SMALL, seeds=2, steps=20), run, wandb_mode="offline")
@@ -124,6 +126,7 @@ def test_wandb_offline_runs_hold_the_logged_losses(tmp_path):
         assert logged == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_a_changed_config_in_the_same_folder_is_refused(tmp_path):
     run = tmp_path / "run"
     train(TrainConfig(**SMALL, steps=10), run, wandb_mode="disabled")
@@ -131,6 +134,7 @@ def test_a_changed_config_in_the_same_folder_is_refused(tmp_path):
         train(TrainConfig(**{**SMALL, "hidden": 9}, steps=10), run, wandb_mode="disabled")
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_one_clear_error(tmp_path):
     run = tmp_path / "run"
     config = TrainConfig(**SMALL, steps=30)
