@@ -164,12 +164,23 @@ def test_unknown_precision_names_the_valid_ones():
         ModelConfig(precision="fp8")
 
 
+TINY_RUN = {
+    "task": "adding",
+    "seq_len": 12,
+    "cell": "gru",
+    "seeds": 4,
+    "steps": 20,
+    "hidden": 8,
+    "log_every": 10,
+    "eval_every": 10,
+    "checkpoint_every": 20,
+    "batch_size": 8,
+}
 SHARDED_RUN = """
 import json, sys
 import jax
 from gru_research.train import TrainConfig, train
-config = TrainConfig(task="adding", seq_len=12, cell="gru", seeds=4, steps=20, hidden=8,
-                     log_every=10, eval_every=10, checkpoint_every=20, batch_size=8)
+config = TrainConfig(**json.loads(sys.argv[2]))
 summary = train(config, sys.argv[1], wandb_mode="disabled", progress=False)
 print(json.dumps({"devices": jax.local_device_count(), "final": summary["final"]}))
 """
@@ -179,7 +190,7 @@ print(json.dumps({"devices": jax.local_device_count(), "final": summary["final"]
 def test_seeds_sharded_over_four_host_devices_equal_one_device(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     out = subprocess.run(
-        [sys.executable, "-c", SHARDED_RUN, str(tmp_path / "sharded")],
+        [sys.executable, "-c", SHARDED_RUN, str(tmp_path / "sharded"), json.dumps(TINY_RUN)],
         env=env,
         capture_output=True,
         text=True,
@@ -191,18 +202,7 @@ def test_seeds_sharded_over_four_host_devices_equal_one_device(tmp_path):
 
     from gru_research.train import TrainConfig, train
 
-    config = TrainConfig(
-        task="adding",
-        seq_len=12,
-        cell="gru",
-        seeds=4,
-        steps=20,
-        hidden=8,
-        log_every=10,
-        eval_every=10,
-        checkpoint_every=20,
-        batch_size=8,
-    )
+    config = TrainConfig(**TINY_RUN)
     single = train(config, tmp_path / "single", wandb_mode="disabled", progress=False)
     assert json.loads((tmp_path / "single" / "config.json").read_text())["seed_devices"] == 1
     np.testing.assert_allclose(sharded["final"]["loss"], single["final"]["loss"], rtol=1e-5)
