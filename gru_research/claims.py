@@ -540,6 +540,12 @@ def run_claims(path: str | Path, out: str | Path, *, command: str, progress=prin
         _vanishing_section(spec, out, progress),
         _reset_section(spec, out, progress),
     ]
+    runs = [r for name in spec["sweeps"] for r in load_runs(out / name)]
+    trained_minutes = sum(r.summary.get("wall_time_s", 0.0) for r in runs) / 60
+    commits = sorted(
+        {json.loads((r.folder / "config.json").read_text()).get("git_commit") or "?" for r in runs}
+    )
+    seeds = ", ".join(f"{name} {sweep.get('seeds', 1)}" for name, sweep in spec["sweeps"].items())
     lines = [
         f"# {spec.get('name', 'textbook_claims')}",
         "",
@@ -551,9 +557,13 @@ def run_claims(path: str | Path, out: str | Path, *, command: str, progress=prin
         f"- git commit: `{git_commit()}`, package {package_version()}",
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {machine()}",
         f"- wall time: {(time.perf_counter() - start) / 60:.1f} min for this invocation "
-        "(a sweep already finished is read, not retrained)",
+        "(a sweep already finished is read, not retrained); the sweeps' runs trained for "
+        f"{trained_minutes:.1f} min in all, at commit {', '.join(f'`{c}`' for c in commits)}",
+        f"- seeds per point (vmapped): {seeds}",
         "- this experiment's sweeps, each with its own report, tables and curves: "
         + ", ".join(f"[{n}]({n}/report.md)" for n in spec["sweeps"]),
+        "",
+        f"**Scale.** {spec.get('scale', 'not stated').strip()}",
         "",
         "## Verdicts",
         "",
@@ -706,8 +716,8 @@ def _vanishing_section(spec: dict, out: Path, progress) -> tuple[str, str, str]:
             "design": cell,
             "decay rate at init (per step)": init_rates[cell],
             "decay rate trained (per step)": trained_rates[cell],
-            "norm ratio T−1 → 0 at init": _span(initial[cell]),
-            "norm ratio T−1 → 0 trained": _span(trained[cell]),
+            "norm at t = 1 / norm at t = T, init": _span(initial[cell]),
+            "norm at t = 1 / norm at t = T, trained": _span(trained[cell]),
         }
         for cell in cells
     ]
@@ -744,8 +754,9 @@ def _vanishing_section(spec: dict, out: Path, progress) -> tuple[str, str, str]:
         f"||dL_T / dh_t|| on {label} (one backward pass, `gru-research gradflow`), mean over "
         f"{settings['seeds']} seeds, hidden {settings['hidden']}, batch {settings['batch_size']}; "
         f"trained: the seeds of `{settings['trained_sweep']}` at T = {settings['seq_len']}. The "
-        "decay rate is the slope of the log-norm against the distance T − t; the span is the "
-        "norm at the first step over the norm at the last.\n\n"
+        "decay rate is the slope of the log-norm against the distance T − t (steps where the "
+        "norm underflows float32 to 0 are left out); the band of each line in the plots is the "
+        "seeds' range.\n\n"
         "![gradient flow at initialisation](gradflow_init/gradflow.png)\n"
         "![gradient flow after training](gradflow_trained/gradflow.png)\n\n"
         + to_markdown(rate_rows)
@@ -758,8 +769,11 @@ def _vanishing_section(spec: dict, out: Path, progress) -> tuple[str, str, str]:
         + f"\n- The tanh RNN solves none of these settings and some gated design solves at least "
         f"one: {held(not tanh_solves and gated_solve)}.\n"
     )
-    ok = slower["trained"] and not tanh_solves and gated_solve
-    return "4. Gates mitigate the vanishing gradient of the tanh RNN", held(ok), body
+    verdicts = (
+        f"{held(slower['init'])} (slower decay at init), {held(slower['trained'])} (slower decay "
+        f"trained), {held(not tanh_solves and gated_solve)} (gated designs solve, tanh does not)"
+    )
+    return "4. Gates mitigate the vanishing gradient of the tanh RNN", verdicts, body
 
 
 def _span(norms: dict) -> float:
@@ -814,4 +828,7 @@ def _reset_section(spec: dict, out: Path, progress) -> tuple[str, str, str]:
         + "\n- r falls after a speech end by at least half a standard deviation in every seed "
         f"(the gate forgets selectively, at the boundary): {held(closes)}.\n"
     )
-    return "5. The reset gate forgets selectively", held(reset_helps and closes), body
+    verdicts = (
+        f"{held(reset_helps)} (gru beats gru_no_reset), {held(closes)} (r falls at boundaries)"
+    )
+    return "5. The reset gate forgets selectively", verdicts, body

@@ -149,7 +149,8 @@ def trained_curves(run_dirs: list[str | Path], batch: int, key) -> dict[str, dic
 
 def write_curves(curves: dict[str, dict], out_dir: str | Path, title: str) -> dict[str, float]:
     """CSV (design, t, distance, mean, std over seeds) and a log-scale plot, one line per
-    design; returns each design's decay rate of the mean curve."""
+    design (the mean, its band the seeds' range); returns each design's decay rate of the mean
+    curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,7 +169,8 @@ def write_curves(curves: dict[str, dict], out_dir: str | Path, title: str) -> di
         rates[design] = decay_rate(mean)
         distance = np.arange(length)[::-1]
         ax.plot(distance, mean, label=f"{design} ({rates[design]:+.3f}/step)")
-        ax.fill_between(distance, np.maximum(mean - std, 1e-30), mean + std, alpha=0.2)
+        low, high = values.min(axis=0), values.max(axis=0)  # the seeds' range, log-friendly
+        ax.fill_between(distance, np.maximum(low, 1e-30), high, alpha=0.2)
     ax.set(yscale="log", xlabel="distance T − t", ylabel="||dL_T / dh_t||", title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
