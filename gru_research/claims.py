@@ -55,10 +55,10 @@ from gru_research.cells import (
     state_fed,
 )
 from gru_research.model import ModelConfig, design_param_count, model_param_count, seed_keys
-from gru_research.report import write_report
+from gru_research.report import report_header, write_report
 from gru_research.sweep import run_sweep
 from gru_research.tables import HIGHER_IS_BETTER, Run, load_runs
-from gru_research.tracking import git_commit, package_version, write_atomic
+from gru_research.tracking import write_atomic
 
 SIGNIFICANCE = 0.05
 EXPERIMENT_KEYS = (
@@ -547,14 +547,7 @@ def run_claims(path: str | Path, out: str | Path, *, command: str, progress=prin
     )
     seeds = ", ".join(f"{name} {sweep.get('seeds', 1)}" for name, sweep in spec["sweeps"].items())
     lines = [
-        f"# {spec.get('name', 'textbook_claims')}",
-        "",
-        spec.get("description", "").strip(),
-        "",
-        "## Provenance",
-        "",
-        f"- command: `{command}`",
-        f"- git commit: `{git_commit()}`, package {package_version()}",
+        *report_header(spec.get("name", "textbook_claims"), spec.get("description", ""), command),
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {machine()}",
         f"- wall time: {(time.perf_counter() - start) / 60:.1f} min for this invocation "
         "(a sweep already finished is read, not retrained); the sweeps' runs trained for "

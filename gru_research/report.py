@@ -87,6 +87,20 @@ def check_claim(claim: dict, table: Table) -> tuple[str, str]:
     return ("held" if all(results) else "not held"), "; ".join(evidence)
 
 
+def report_header(title: str, description: str, command: str) -> list[str]:
+    """The lines every report starts with: title, description, command and commit."""
+    return [
+        f"# {title}",
+        "",
+        description.strip(),
+        "",
+        "## Provenance",
+        "",
+        f"- command: `{command}`",
+        f"- git commit: `{git_commit()}`, package {package_version()}",
+    ]
+
+
 def write_report(out: str | Path, sweep: dict, *, command: str, wall_time_s: float) -> Path:
     """Tables, plots and ``report.md`` for the sweep whose run folders are under ``out``."""
     out = Path(out)
@@ -102,14 +116,7 @@ def write_report(out: str | Path, sweep: dict, *, command: str, wall_time_s: flo
     fixed = {k: v["value"] for k, v in sweep["parameters"].items() if "value" in v}
     varied = {k: v["values"] for k, v in sweep["parameters"].items() if "values" in v}
     lines = [
-        f"# {sweep.get('name', out.name)}",
-        "",
-        sweep.get("description", "").strip(),
-        "",
-        "## Provenance",
-        "",
-        f"- command: `{command}`",
-        f"- git commit: `{git_commit()}`, package {package_version()}",
+        *report_header(sweep.get("name", out.name), sweep.get("description", ""), command),
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
         f"{jax.device_count()} {jax.default_backend()} device(s), Python {sys.version.split()[0]},"
         f" jax {jax.__version__}",
