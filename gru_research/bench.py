@@ -577,6 +577,7 @@ def speed_claim(lengths: list[int], batch: int, rounds: int) -> list[dict]:
 
 
 def speed_claim_report(rows: list[dict], batch: int, rounds: int, command: str) -> str:
+    from gru_research.report import claims_table
     from gru_research.tracking import git_commit
 
     speed_ups = [r["gru s"] / r["min_gru parallel s"] for r in rows]
@@ -613,21 +614,23 @@ def speed_claim_report(rows: list[dict], batch: int, rounds: int, command: str) 
             f"| {r['gru s'] / r['min_gru sequential s']:.2f}× | {r['gru bytes'] / 2**20:.1f} "
             f"| {r['min_gru parallel bytes'] / 2**20:.1f} | {mem:.2f} |"
         )
-    lines += [
-        "",
-        "## Claims at this scale",
-        "",
-        "| claim | verdict | figures |",
-        "|---|---|---|",
-        "| the parallel min_gru's speed-up over gru grows monotonically with T "
-        f"| **{'held' if monotone else 'not held'}** | "
-        + ", ".join(f"{s:.2f}×" for s in speed_ups)
-        + " |",
-        "| the parallel path uses more memory than gru "
-        f"| **{'held' if more_memory else 'not held'}** | "
-        + ", ".join(f"{m:.2f}×" for m in memory)
-        + " |",
-        "| the magnitudes (175× at T = 512, 1,324× at T = 4096) | **not measured** "
-        "| GPU numbers; no GPU was lent |",
-    ]
+    lines += claims_table(
+        [
+            (
+                "the parallel min_gru's speed-up over gru grows monotonically with T",
+                "held" if monotone else "not held",
+                ", ".join(f"{s:.2f}×" for s in speed_ups),
+            ),
+            (
+                "the parallel path uses more memory than gru",
+                "held" if more_memory else "not held",
+                ", ".join(f"{m:.2f}×" for m in memory),
+            ),
+            (
+                "the magnitudes (175× at T = 512, 1,324× at T = 4096)",
+                "not measured",
+                "GPU numbers; no GPU was lent",
+            ),
+        ]
+    )
     return "\n".join(lines) + "\n"

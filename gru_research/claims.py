@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import time
 from collections import defaultdict
@@ -57,8 +56,8 @@ from gru_research.cells import (
 from gru_research.model import ModelConfig, design_param_count, model_param_count, seed_keys
 from gru_research.report import report_header, write_report
 from gru_research.sweep import run_sweep
-from gru_research.tables import HIGHER_IS_BETTER, Run, load_runs
-from gru_research.tracking import write_atomic
+from gru_research.tables import HIGHER_IS_BETTER, Run, load_runs, varying_keys
+from gru_research.tracking import read_json, write_atomic
 
 SIGNIFICANCE = 0.05
 EXPERIMENT_KEYS = (
@@ -174,11 +173,7 @@ def throughput_rows(config_names: list[str], rounds: int) -> list[dict]:
 def design_pairs(runs: list[Run], design: str, other: str) -> list[tuple[str, Run, Run]]:
     """(setting, run of ``design``, run of ``other``) for each setting both were trained on;
     the setting names what varies across the runs (e.g. ``seq_len=100``)."""
-    varying = sorted(
-        k
-        for k in {k for r in runs for k in r.config}
-        if k not in ("cell", "wandb_id") and len({repr(r.config.get(k)) for r in runs}) > 1
-    )
+    varying = [k for k in varying_keys(runs) if k not in ("cell", "task")]
 
     def setting(run: Run) -> tuple:
         return tuple(sorted((k, repr(v)) for k, v in run.config.items() if k != "cell"))
@@ -190,9 +185,7 @@ def design_pairs(runs: list[Run], design: str, other: str) -> list[tuple[str, Ru
     for found in by_setting.values():
         if design in found and other in found:
             run = found[design]
-            label = " ".join(
-                [run.config["task"]] + [f"{k}={run.config[k]}" for k in varying if k != "task"]
-            )
+            label = " ".join([run.config["task"]] + [f"{k}={run.config[k]}" for k in varying])
             pairs.append((label, found[design], found[other]))
     return sorted(pairs, key=lambda p: p[0])
 
@@ -222,14 +215,7 @@ def verdict(a: list[float], b: list[float], metric: str, names: tuple[str, str])
 def validation_at(run: Run, step: int, metric: str) -> tuple[int, list[float]]:
     """The last validation evaluation at or before ``step``: (its step, per-seed values of the
     seeds that did not diverge)."""
-    records = [json.loads(line) for line in (run.folder / "metrics.jsonl").open()]
-    records = [
-        r
-        for r in records
-        if r["split"] == "validation"
-        and r.get(metric) is not None
-        and r["seed"] not in run.summary["diverged"]
-    ]
+    records = run.evaluations("validation", metric)
     steps = [r["step"] for r in records if r["step"] <= step]
     if not steps:
         return 0, []
@@ -542,9 +528,7 @@ def run_claims(path: str | Path, out: str | Path, *, command: str, progress=prin
     ]
     runs = [r for name in spec["sweeps"] for r in load_runs(out / name)]
     trained_minutes = sum(r.summary.get("wall_time_s", 0.0) for r in runs) / 60
-    commits = sorted(
-        {json.loads((r.folder / "config.json").read_text()).get("git_commit") or "?" for r in runs}
-    )
+    commits = sorted({read_json(r.folder / "config.json").get("git_commit") or "?" for r in runs})
     seeds = ", ".join(f"{name} {sweep.get('seeds', 1)}" for name, sweep in spec["sweeps"].items())
     lines = [
         *report_header(spec.get("name", "textbook_claims"), spec.get("description", ""), command),

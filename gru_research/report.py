@@ -87,6 +87,18 @@ def check_claim(claim: dict, table: Table) -> tuple[str, str]:
     return ("held" if all(results) else "not held"), "; ".join(evidence)
 
 
+def claims_table(claims: list[tuple[str, str, str]]) -> list[str]:
+    """The "Claims at this scale" section: a row per (claim, verdict, figures)."""
+    return [
+        "",
+        "## Claims at this scale",
+        "",
+        "| claim | verdict | figures |",
+        "|---|---|---|",
+        *[f"| {text} | **{verdict}** | {figures} |" for text, verdict, figures in claims],
+    ]
+
+
 def report_header(title: str, description: str, command: str) -> list[str]:
     """The lines every report starts with: title, description, command and commit."""
     return [
@@ -143,17 +155,13 @@ def write_report(out: str | Path, sweep: dict, *, command: str, wall_time_s: flo
             )
             lines.append(f"| {where} | {entry['value']} | {entry.get('source', '')} |")
     if spec.get("claims"):
-        lines += [
-            "",
-            "## Claims at this scale",
-            "",
-            "| claim | verdict | figures |",
-            "|---|---|---|",
-        ]
         by_metric = {t.metric: t for t in tables}
-        for claim in spec["claims"]:
-            verdict, evidence = check_claim(claim, by_metric[claim.get("metric", metrics[0])])
-            lines.append(f"| {claim['text']} | **{verdict}** | {evidence} |")
+        lines += claims_table(
+            [
+                (claim["text"], *check_claim(claim, by_metric[claim.get("metric", metrics[0])]))
+                for claim in spec["claims"]
+            ]
+        )
     path = out / "report.md"
     write_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -35,6 +35,20 @@ class Run:
     def values(self, metric: str) -> list[float]:
         return [v for v in self.summary["final"].get(metric, []) if v is not None]
 
+    def evaluations(self, split: str, metric: str) -> list[dict]:
+        """The ``metrics.jsonl`` records of ``split`` that hold ``metric``, for the seeds that
+        did not diverge."""
+        import json
+
+        records = [json.loads(line) for line in (self.folder / "metrics.jsonl").open()]
+        return [
+            r
+            for r in records
+            if r["split"] == split
+            and r.get(metric) is not None
+            and r["seed"] not in self.summary["diverged"]
+        ]
+
 
 @dataclass
 class Cell:
@@ -235,20 +249,16 @@ def to_csv(table: Table) -> str:
 
 def learning_curves(runs: list[Run], table: Table, split: str = "validation") -> dict:
     """{column: {row: (steps, per-seed values (S, steps))}} of the metric on ``split``."""
-    import json
-
     curves: dict = {}
     for run in runs:
         row = tuple(run.config.get(k) for k in table.row_keys)
         column = tuple(run.config.get(k) for k in table.column_keys)
-        records = [json.loads(line) for line in (run.folder / "metrics.jsonl").open()]
-        records = [r for r in records if r["split"] == split and r.get(table.metric) is not None]
+        records = run.evaluations(split, table.metric)
         steps = sorted({r["step"] for r in records})
-        seeds = sorted({r["seed"] for r in records} - set(run.summary["diverged"]))
+        seeds = sorted({r["seed"] for r in records})
         grid = np.full((len(seeds), len(steps)), np.nan)
         for r in records:
-            if r["seed"] in seeds:
-                grid[seeds.index(r["seed"]), steps.index(r["step"])] = r[table.metric]
+            grid[seeds.index(r["seed"]), steps.index(r["step"])] = r[table.metric]
         curves.setdefault(column, {})[row] = (np.array(steps), grid)
     return curves
 

@@ -452,22 +452,20 @@ def evaluate(
             state["params"], jnp.asarray(inputs), jnp.asarray(targets)
         )
         means = {k: np.asarray(v, np.float64) / np.asarray(weight) for k, v in sums.items()}
-        if "perplexity" in means:
-            means["perplexity"] = np.exp(means["loss"])
-        return means
-    batches = task.eval_data(split, batch_size)
-    if not batches:
-        which = {"validation": 0, "test": 1}[split]
-        keys = state["eval_keys"][:, which]
-        out = program.evaluate_sampled(state["params"], keys, task.data)
-        return {k: np.asarray(v) for k, v in out.items()}
-    totals, weight = {}, 0.0
-    for inputs, targets, w in batches:
-        out = program.evaluate(state["params"], jnp.asarray(inputs), jnp.asarray(targets))
-        for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64) * w
-        weight += w
-    means = {k: v / weight for k, v in totals.items()}
+    else:
+        batches = task.eval_data(split, batch_size)
+        if not batches:  # a synthetic task: fresh batches from the split's own key
+            which = {"validation": 0, "test": 1}[split]
+            keys = state["eval_keys"][:, which]
+            out = program.evaluate_sampled(state["params"], keys, task.data)
+            return {k: np.asarray(v) for k, v in out.items()}
+        totals, weight = {}, 0.0
+        for inputs, targets, w in batches:
+            out = program.evaluate(state["params"], jnp.asarray(inputs), jnp.asarray(targets))
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64) * w
+            weight += w
+        means = {k: v / weight for k, v in totals.items()}
     if "perplexity" in means:  # exp of the mean loss, not the mean of exps
         means["perplexity"] = np.exp(means["loss"])
     return means
