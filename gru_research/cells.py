@@ -1,6 +1,6 @@
 """The cell math of both families, driven by a :class:`~gru_research.gates.GateDesign`.
 
-A layer's parameters are a plain pytree, named as in ``../shared/DESIGN.md`` §2::
+A layer's parameters are a plain pytree::
 
     {"W": {gate: (I, H)},   input kernels of the gates and candidate fed by x
      "U": {gate: (H, H)},   recurrent kernels of those fed by h
@@ -107,8 +107,8 @@ def init_layer(key: Array, design: GateDesign, input_size: int, hidden_size: int
     params["b"][cand] = jnp.zeros((hidden_size,))
     if design.has_recurrent_bias:
         params["c_h"] = jnp.zeros((hidden_size,))
-    if design.chrono_t_max is not None and design.keep_gate is not None:
-        gate, sign = design.keep_gate
+    if design.chrono_t_max is not None and design.chrono_gate is not None:
+        gate, sign = design.chrono_gate
         bias = chrono_bias(jax.random.fold_in(key, 1), design.chrono_t_max, hidden_size)
         params["b"][gate] = sign * bias
         if design.family == "lstm" and isinstance(design.gate("i"), Gate):
@@ -208,9 +208,15 @@ def _gate_pre(pre: Mapping[str, Array], hp: Mapping[str, Array], name: str) -> A
 
 
 def gate_values(design: GateDesign, pre: Mapping[str, Array], hp: Mapping = {}) -> dict:
-    """σ of every learned gate's pre-activation, plus the fixed, tied and coupled ones."""
+    """The value of every gate at a step: σ(W x + U h + b) of the learned ones, the fixed,
+    tied and coupled ones resolved, and minLSTM's (``normalise``) i, f replaced by
+    i / (i + f), f / (i + f). A fixed gate is its constant (a float)."""
     learned = {n: jax.nn.sigmoid(_gate_pre(pre, hp, n)) for n, _ in design.learned_gates}
-    return _resolve(design, learned, lambda v: v, lambda g: 1.0 - g)
+    gates = _resolve(design, learned, lambda v: v, lambda g: 1.0 - g)
+    if design.normalise:
+        i, f = gates["i"], gates["f"]
+        gates |= {"i": i / (i + f), "f": f / (i + f)}
+    return gates
 
 
 def _log_pair(value: float) -> tuple[float, float]:
@@ -233,7 +239,8 @@ def log_gate_values(design: GateDesign, pre: Mapping[str, Array]) -> dict:
 # one recurrent step (designs that read the state)
 
 
-def _state(design: GateDesign, carry: Carry) -> Array:
+def hidden_state(design: GateDesign, carry: Carry) -> Array:
+    """The h of a carry: the carry itself (GRU family), or the second of (c, h) (LSTM)."""
     return carry[1] if design.family == "lstm" else carry
 
 
@@ -248,7 +255,7 @@ def fused_recurrent_kernel(params: Params, design: GateDesign) -> Array:
 
 def read_state(design: GateDesign, carry: Carry, h_mask: Array | None = None) -> Array:
     """The h a step's matmuls read: the state, times the variational dropout mask if any."""
-    h = _state(design, carry)
+    h = hidden_state(design, carry)
     return h if h_mask is None else h * h_mask
 
 
@@ -287,19 +294,34 @@ def recurrent_update(
     which is what lets :func:`gru_research.scan.state_reading_scan` form the gradient of the
     fused kernel outside the time loop.
     """
-    h = _state(design, carry)
+    carry, _ = gated_update(params, design, carry, pre, hp, h_mask, compute_dtype)
+    return carry, hidden_state(design, carry)
+
+
+def gated_update(
+    params: Params,
+    design: GateDesign,
+    carry: Carry,
+    pre: Mapping[str, Array],
+    hp: Array,
+    h_mask: Array | None = None,
+    compute_dtype=None,
+) -> tuple[Carry, dict]:
+    """:func:`recurrent_update`'s new carry, and the :func:`gate_values` the step used.
+
+    LSTM family: c' = f ⊙ c + i ⊙ φ(v_g), h' = o ⊙ ψ(c'). GRU family: h̃ = φ(v_h), with r
+    applied before or after U_h; h' = (1 − z) ⊙ h̃ + z ⊙ h (``keep``) or
+    (1 − z) ⊙ h + z ⊙ h̃ (``write``). Designs that do not read h run it too (``hp`` of width 0).
+    """
+    h = hidden_state(design, carry)
     hp = split_gates(hp, state_fed(design))
     gates = gate_values(design, pre, hp)
     cand = design.candidate_name
     phi = ACTIVATIONS[design.candidate.activation]
     if design.family == "lstm":
         c, _ = carry
-        i, f, o = gates["i"], gates["f"], gates["o"]
-        if design.normalise:
-            i, f = i / (i + f), f / (i + f)
-        c_new = f * c + i * phi(_gate_pre(pre, hp, cand))
-        h_new = o * _output_activation(design, c_new)
-        return (c_new, h_new), h_new
+        c_new = gates["f"] * c + gates["i"] * phi(_gate_pre(pre, hp, cand))
+        return (c_new, gates["o"] * _output_activation(design, c_new)), gates
 
     z, r = gates["z"], gates["r"]
     v = pre.get(cand, 0.0)
@@ -309,7 +331,7 @@ def recurrent_update(
         v = v + r * (hp[cand] + params.get("c_h", 0.0))
     h_tilde = phi(v)
     h_new = (1.0 - z) * h_tilde + z * h if design.update == "keep" else (1.0 - z) * h + z * h_tilde
-    return h_new, h_new
+    return h_new, gates
 
 
 def _output_activation(design: GateDesign, c: Array) -> Array:
@@ -325,10 +347,7 @@ def recurrence_coefficients(design: GateDesign, pre: Mapping[str, Array]) -> tup
     gates = gate_values(design, pre)
     candidate = ACTIVATIONS[design.candidate.activation](pre[design.candidate_name])
     if design.family == "lstm":
-        i, f = gates["i"], gates["f"]
-        if design.normalise:
-            i, f = i / (i + f), f / (i + f)
-        return _full(f, candidate), i * candidate
+        return _full(gates["f"], candidate), gates["i"] * candidate
     z = gates["z"]
     keep, write = (z, 1.0 - z) if design.update == "keep" else (1.0 - z, z)
     return _full(keep, candidate), write * candidate

@@ -4,7 +4,7 @@
     gru-research train --task TASK --cell DESIGN --seeds S --steps N ... --out DIR
     gru-research sweep FILE --out DIR | --export-wandb OUT.yaml
     gru-research table DIR [--metric loss] [--reference gru]
-    gru-research bench [--configs small,medium,long] [--out results/benchmarks.md]
+    gru-research bench [--configs small,medium,long] [--rounds 7] [--out FILE]
     gru-research gradflow --cell gru,lstm --task copy --seq-len 100 [--checkpoint RUN]
     gru-research claims experiments/textbook_claims.yaml [--out results/textbook_claims]
 
@@ -23,75 +23,18 @@ import time
 import typing
 from pathlib import Path
 
-from gru_research.gates import PRESETS
-from gru_research.model import PRECISIONS, design_param_count
-from gru_research.report import write_report
-from gru_research.scan import SCAN_KINDS
-from gru_research.sweep import export_wandb, load_sweep, run_sweep
-from gru_research.tables import to_markdown, write_table
-from gru_research.tasks import TASKS
+from gru_research.config import TrainConfig
 from gru_research.tracking import WANDB_MODES, write_atomic
-from gru_research.train import (
-    OPTIMIZERS,
-    RECURRENT_INITS,
-    SCHEDULES,
-    TrainConfig,
-    load_run_config,
-    train,
-)
 
-TRAIN_HELP = {
-    "task": "the task",
-    "cell": "the gate design (see `gru-research designs`)",
-    "seed": "first seed; seeds SEED .. SEED+SEEDS-1 train at once, vmapped",
-    "seeds": "how many seeds",
-    "seq_len": "copy/adding: T; selective_copy: L; lm: window length",
-    "num_tokens": "selective_copy: tokens to recall (K)",
-    "hidden": "hidden size",
-    "layers": "recurrent layers",
-    "block": "plain stack or the residual block of Feng et al. (2024)",
-    "scan": "auto picks the parallel scan only off the CPU",
-    "optimizer": "rmsprop is the Arjovsky et al. (2016) protocol (pair with --clip-value 1)",
-    "clip_norm": "global-norm clipping (0: off)",
-    "clip_value": "element-wise clipping (0: off)",
-    "corpus": "lm: a TFDS text dataset (default: the shipped tiny_shakespeare, offline)",
-    "text_file": "lm: a plain text file instead of TFDS",
-    "tfds_data_dir": "lm: where TFDS prepares data",
-    "tfds_manual_dir": "lm: the TFDS manual directory",
-    "data_dir": "lm with corpus ptb or ptb_char: the folder of Mikolov's ptb.*.txt files",
-    "data_checks": "ptb: check the files' sizes and sha256 sums (--data-checks=false: off)",
-    "param_budget": "size every design to the largest hidden size within this many parameters",
-    "bidirectional": "a forward and a reversed layer, concatenated or summed",
-    "dropout": "dropout on every layer's input and the output (Zaremba et al., 2014)",
-    "recurrent_dropout": "variational dropout on h, one mask per sequence (Gal & Ghahramani, 2016)",
-    "gate_bias": "constant bias of the gate that keeps the old state (LSTM f, GRU z)",
-    "chrono_t_max": "chrono initialisation with this T_max (Tallec & Ollivier, 2018)",
-    "recurrent_init": "recurrent kernels: orthogonal (the default), identity, lecun_normal",
-    "learn_initial_state": "learn h_0 (and c_0)",
-    "stateful": "lm: B contiguous streams, windows in order, the carry crossing windows (TBPTT)",
-    "epochs": "stateful lm: train this many epochs (sets steps; evaluates every epoch)",
-    "lr_decay": "epoch_decay schedule: the factor applied each epoch after lr_decay_after",
-    "lr_decay_after": "epoch_decay schedule: epochs at the full learning rate",
-    "init_scale": "every parameter from U[-a, a] (the PTB protocol of Zaremba et al., 2014)",
-    "loss_sum_over_time": "train on the loss summed over the T steps (the PTB lr-1 convention)",
-    "precision": "bfloat16: matmuls in bfloat16, accumulated in float32",
-    "remat": "recompute each step's activations in the backward pass (long sequences)",
-}
-CHOICES = {
-    "task": TASKS,
-    "cell": tuple(PRESETS),
-    "block": ("plain", "residual"),
-    "scan": SCAN_KINDS,
-    "optimizer": OPTIMIZERS,
-    "schedule": SCHEDULES,
-    "bidirectional": ("concat", "sum"),
-    "recurrent_init": RECURRENT_INITS,
-    "precision": PRECISIONS,
-}
+# Only light modules are imported here, so that `--help` and bad options answer at once; JAX,
+# Flax and the models are imported by the command that runs.
 
 
 def designs_table(input_size: int, hidden_size: int) -> str:
     """A markdown table of every preset: family, scan, parameters of one layer, paper."""
+    from gru_research.gates import PRESETS
+    from gru_research.model import design_param_count
+
     rows = [
         f"| design | family | parallel scan | params (I={input_size}, H={hidden_size}) | paper |",
         "|---|---|---|---:|---|",
@@ -148,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--out", help="folder of the sweep's run folders (rerun to resume)")
     target.add_argument("--export-wandb", metavar="OUT_YAML", help="write the `wandb sweep` file")
     sweep.add_argument("--wandb", choices=WANDB_MODES, default="offline")
+    sweep.add_argument(
+        "--data-dir", default=None, help="the data root of every point (default: GRU_RESEARCH_DATA)"
+    )
     table = commands.add_parser("table", help="tables and plots from run folders")
     table.add_argument("dir")
     table.add_argument("--metric", default=None, help="a final test metric (default: the sweep's)")
@@ -168,21 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     gradflow.add_argument(
         "--checkpoint", default=None, help="comma-separated run folders: their trained seeds"
     )
+    gradflow.add_argument(
+        "--layer", type=int, default=0, help="with --checkpoint: which layer (0: the first)"
+    )
     gradflow.add_argument("--out", default="results/gradflow", help="CSV, plot and rates here")
     bench = commands.add_parser("bench", help="training-step throughput against Flax and PyTorch")
     bench.add_argument(
         "--configs", default="small,medium,long", help="comma-separated: small, medium, long"
     )
     bench.add_argument("--rounds", type=positive_int, default=7)
-    bench.add_argument("--seeds", default="1,2,4,8,16", help="seed counts to vmap")
-    bench.add_argument("--lengths", default=None, help="lengths of the T curve (64,256,1024,4096)")
-    bench.add_argument("--out", default=None, help="markdown (default results/benchmarks.md)")
-    bench.add_argument(
-        "--feng-speed",
-        action="store_true",
-        help="only Feng et al.'s speed claim (default out: results/feng2024_speed/report.md)",
-    )
-    bench.add_argument("--batch", type=positive_int, default=64, help="--feng-speed: batch")
+    bench.add_argument("--out", default=None, help="also write the table to this file")
     return parser
 
 
@@ -191,13 +132,19 @@ def run_gradflow(args: argparse.Namespace) -> None:
     import jax
 
     from gru_research import gradflow
+    from gru_research.config import load_run_config
 
     key = jax.random.key(1234)
     if args.checkpoint:
         runs = args.checkpoint.split(",")
-        curves = gradflow.trained_curves(runs, args.batch_size, key)
+        curves = {
+            f"{load_run_config(run).cell} (trained, {Path(run).name})": gradflow.run_curves(
+                run, args.batch_size, key, args.layer
+            )
+            for run in runs
+        }
         config = load_run_config(runs[-1])
-        label = f"{config.task}, T = {config.seq_len}, trained"
+        label = f"{config.task}, T = {config.seq_len}, trained, layer {args.layer}"
     else:
         curves = gradflow.initial_curves(
             args.cell.split(","),
@@ -217,56 +164,33 @@ def run_gradflow(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    from gru_research.bench import CONFIGS, FENG_LENGTHS, report, speed_claim, speed_claim_report
+    """Time the chosen configurations against the anchors; print one markdown table."""
+    from gru_research.bench import compare, named_configs, timing_records
+    from gru_research.reporting import markdown_table
 
-    if args.feng_speed:
-        out = Path(args.out or "results/feng2024_speed/report.md")
-        lengths = FENG_LENGTHS if args.lengths is None else _int_list("--lengths", args.lengths)
-        command = (
-            f"gru-research bench --feng-speed --lengths {','.join(map(str, lengths))} "
-            f"--batch {args.batch} --rounds {args.rounds} --out {out}"
-        )
-        rows = speed_claim(lengths, args.batch, args.rounds)
-        text = speed_claim_report(rows, args.batch, args.rounds, command)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out, text)
-        print(text)
-        return
-    args.out = args.out or "results/benchmarks.md"
-    args.lengths = args.lengths or "64,256,1024,4096"
-    names = args.configs.split(",")
-    unknown = [n for n in names if n not in CONFIGS]
-    if unknown:
-        raise ValueError(f"unknown bench configs {unknown}; valid: {', '.join(CONFIGS)}")
-    command = (
-        f"gru-research bench --configs {args.configs} --rounds {args.rounds} "
-        f"--seeds {args.seeds} --lengths {args.lengths} --out {args.out}"
-    )
-    seeds, lengths = _int_list("--seeds", args.seeds), _int_list("--lengths", args.lengths)
-    out = Path(args.out)
-    text = report(names, args.rounds, seeds, lengths, command, out.with_suffix(".png"))
-    write_atomic(out, text + f"\n![scaling]({out.with_suffix('.png').name})\n")
-    print(text)
-
-
-def _int_list(flag: str, text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise ValueError(f"{flag} takes comma-separated positive integers, got {text!r}")
-    return values
+    configs = named_configs(args.configs)
+    timings = [t for cfg in configs for t in compare(cfg, args.rounds)]
+    text = markdown_table(timing_records(timings))
+    if args.out:
+        write_atomic(Path(args.out), text)
+    print(text, end="")
 
 
 def run_sweep_command(args: argparse.Namespace) -> None:
+    from gru_research.report import write_report
+    from gru_research.sweep import export_wandb, load_sweep, run_sweep
+
     if args.export_wandb:
         export_wandb(args.file, args.export_wandb)
         print(f"wrote {args.export_wandb}: `wandb sweep {args.export_wandb}`, then `wandb agent`")
         return
     start = time.perf_counter()
     run_sweep(
-        args.file, args.out, wandb_mode=args.wandb, progress=lambda line: print(line, flush=True)
+        args.file,
+        args.out,
+        wandb_mode=args.wandb,
+        progress=lambda line: print(line, flush=True),
+        data_dir=args.data_dir,
     )
     report = write_report(
         args.out,
@@ -282,6 +206,9 @@ def make_tables(
     root: str, metric: str | None = None, reference: str | None = None, rows: str | None = None
 ) -> str:
     """Write the tables and plots of a folder of runs (a sweep's, if it holds sweep.yaml)."""
+    from gru_research.sweep import load_sweep
+    from gru_research.tables import to_markdown, write_table
+
     sweep_file = Path(root) / "sweep.yaml"
     report = load_sweep(sweep_file).get("report", {}) if sweep_file.exists() else {}
     paper = report.get("paper", [])
@@ -301,13 +228,12 @@ def make_tables(
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field: `--batch-size 8`, `--batch-size=8`, `--batch_size=8`."""
+    """One option per TrainConfig field, its help and choices read from the field:
+    `--batch-size 8`, `--batch-size=8`, `--batch_size=8`."""
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         kind = hints[field.name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        if typing.get_origin(base) is typing.Literal or field.name in CHOICES:
-            base = str
         flag = {"nargs": "?", "const": True} if base is bool else {}
         base = parse_bool if base is bool else base
         spellings = dict.fromkeys(["--" + field.name.replace("_", "-"), "--" + field.name])
@@ -316,8 +242,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             dest=field.name,
             type=base,
             default=field.default,
-            choices=CHOICES.get(field.name),
-            help=f"{TRAIN_HELP.get(field.name, '')} (default: {field.default})".strip(),
+            choices=field.metadata.get("choices"),
+            help=f"{field.metadata['help']} (default: {field.default})",
             **flag,
         )
     parser.add_argument(
@@ -338,6 +264,8 @@ def run_train(args: argparse.Namespace) -> None:
         out = f"runs/{os.environ.get('WANDB_SWEEP_ID', 'sweep')}/{os.environ['WANDB_RUN_ID']}"
     if out is None:
         raise ValueError("--out is required: the run folder to write (or resume)")
+    from gru_research.train import train
+
     summary = train(
         config,
         out,

@@ -7,7 +7,7 @@ nothing else, so a new variant is a few lines::
 
     my_gru = replace(PRESETS["gru"], name="gru_relu", candidate=Candidate(activation="relu"))
 
-Two families share the description (``../shared/DESIGN.md`` §2):
+Two families share the description (docs/design.md §1):
 
 * ``"gru"``: carry ``h``; gates ``z`` (update) and ``r`` (reset); candidate ``h``.
   ``update="keep"``:  h' = (1 − z) ⊙ h̃ + z ⊙ h   (Cho et al., 2014; PyTorch, Flax)
@@ -25,7 +25,7 @@ map g(v) = v + 0.5 for v ≥ 0, σ(v) otherwise. A design none of whose gates no
 
 Initialisation options of a design: each gate's constant ``bias_init`` (the LSTM forget bias
 1 of Jozefowicz et al., 2015, or 0); ``chrono_t_max`` for chrono initialisation (Tallec &
-Ollivier, 2018; see :attr:`GateDesign.keep_gate`); ``recurrent_init`` orthogonal (as Flax),
+Ollivier, 2018; see :attr:`GateDesign.chrono_gate`); ``recurrent_init`` orthogonal (as Flax),
 identity (Le et al., 2015) or LeCun-normal; ``learn_initial_state`` for a learned h_0 (and
 c_0) that starts every sequence and every reset.
 """
@@ -119,13 +119,14 @@ class GateDesign:
                     raise ValueError(f"design {self.name!r}: gate {name} refers to a non-gate")
 
     @property
-    def keep_gate(self) -> tuple[str, int] | None:
-        """The learned gate that keeps the old state and the sign its chrono bias gets.
+    def chrono_gate(self) -> tuple[str, int] | None:
+        """(the learned gate that keeps the old state, the sign its keeping bias takes).
 
         Chrono initialisation (Tallec & Ollivier, 2018) sets the bias of the gate that *keeps*
-        the old state to log U[1, T_max − 1]: the LSTM's f (and i to its negative), the GRU's
-        z where z keeps (``update="keep"``); where z *writes* the candidate (mgu, min_gru) its
-        bias gets the negative (DESIGN.md §5).
+        the old state to log U[1, T_max − 1], and ``gate_bias`` sets it to a constant: the
+        LSTM's f (and its i to the negative), the GRU's z where z keeps (``update="keep"``,
+        sign +1); where z *writes* the candidate (mgu, min_gru) its bias gets the negative
+        (sign −1). None where no learned gate keeps the state (docs/design.md §2).
         """
         if self.family == "lstm":
             return ("f", 1) if isinstance(self.gate("f"), Gate) else None

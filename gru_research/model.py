@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gru_research.cells import Carry, Params, cell_apply, init_layer, initial_carry, zero_carry
+from gru_research.config import PRECISIONS
 from gru_research.gates import GateDesign, get_design
-from gru_research.scan import ScanKind, resolve_scan, run_layer
+from gru_research.scan import LayerTrace, ScanKind, resolve_scan, run_layer
 
 Array = jax.Array
-PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -189,11 +189,14 @@ def _run_recurrent(
     seq_lengths: Array | None,
     resets: Array | None,
     mask_key: Array | None,
+    carry_offsets: Carry | None = None,
+    trace: bool = False,
 ):
-    """A layer (or both directions of a bidirectional one) over a batch."""
+    """A layer (or both directions of a bidirectional one) over a batch: (ys, carry), and its
+    :class:`~gru_research.scan.LayerTrace` with ``trace``."""
     design, batch = config.design, x.shape[0]
 
-    def run(p, xs, c, key):
+    def run(p, xs, c, key, carry_offsets=None):
         mask = recurrent_dropout_mask(key, config.recurrent_dropout, batch, config.hidden_size)
         return run_layer(
             p,
@@ -206,10 +209,14 @@ def _run_recurrent(
             h_mask=mask,
             compute_dtype=config.compute_dtype,
             remat=config.remat,
+            carry_offsets=carry_offsets,
+            trace=trace,
         )
 
     if not config.bidirectional:
-        return run(params, x, carry, mask_key)
+        return run(params, x, carry, mask_key, carry_offsets)
+    if carry_offsets is not None or trace:
+        raise ValueError("carry_offsets and trace are not defined for bidirectional layers")
     if resets is not None:
         raise ValueError("resets are not defined for bidirectional layers")
     keys = (None, None) if mask_key is None else jax.random.split(mask_key)
@@ -234,7 +241,9 @@ def apply_model(
     seq_lengths: Array | None = None,
     resets: Array | None = None,
     dropout_key: Array | None = None,
-) -> tuple[Array, list[Carry]]:
+    carry_offsets: Sequence[Carry | None] | None = None,
+    trace: bool = False,
+) -> tuple[Array, list[Carry]] | tuple[Array, list[Carry], list[LayerTrace]]:
     """Outputs (B, T, output_size) and the last carry of every layer.
 
     ``inputs`` are token ids (B, T) when the config has a vocabulary, else features (B, T, I).
@@ -243,9 +252,13 @@ def apply_model(
     ``dropout_key`` turns dropout on (training): dropout on every layer's input and on the
     output (Zaremba et al., 2014) and variational recurrent dropout (Gal & Ghahramani, 2016),
     each from its own stream of the key; without it the model is deterministic.
+    ``carry_offsets`` (one per layer, None for none) are added to each layer's carry after
+    every step and ``trace`` returns one :class:`~gru_research.scan.LayerTrace` per layer as a
+    third value (see :func:`run_layer`); bidirectional layers take neither.
     """
     x = params["embed"][inputs] if config.vocab_size else inputs
     carries = list(carries) if carries is not None else [None] * config.num_layers
+    offsets = list(carry_offsets) if carry_offsets is not None else [None] * config.num_layers
 
     def keys(layer: int):
         if dropout_key is None:
@@ -253,27 +266,35 @@ def apply_model(
         layer_key = jax.random.fold_in(dropout_key, layer)
         return jax.random.fold_in(layer_key, 0), jax.random.fold_in(layer_key, 1)
 
-    new_carries = []
+    def recurrent(i: int, layer: Params, x: Array, carry, mask_key):
+        return _run_recurrent(
+            layer, config, x, carry, seq_lengths, resets, mask_key, offsets[i], trace
+        )
+
+    new_carries, traces = [], []
     if config.block == "plain":
         for i, (layer, carry) in enumerate(zip(params["layers"], carries, strict=True)):
             input_key, mask_key = keys(i)
             x = dropout(input_key, config.dropout, x)
-            x, carry = _run_recurrent(layer, config, x, carry, seq_lengths, resets, mask_key)
+            x, carry, *layer_trace = recurrent(i, layer, x, carry, mask_key)
             new_carries.append(carry)
+            traces += layer_trace
     else:
         if "in_proj" in params:
             x = _apply_dense(params["in_proj"], x)
         for i, (block, carry) in enumerate(zip(params["blocks"], carries, strict=True)):
             input_key, mask_key = keys(i)
             h = dropout(input_key, config.dropout, rms_norm(block["norm_rnn"], x))
-            y, carry = _run_recurrent(block["rnn"], config, h, carry, seq_lengths, resets, mask_key)
+            y, carry, *layer_trace = recurrent(i, block["rnn"], h, carry, mask_key)
             x = x + y
             ff = jax.nn.gelu(_apply_dense(block["ff_in"], rms_norm(block["norm_ff"], x)))
             x = x + _apply_dense(block["ff_out"], ff)
             new_carries.append(carry)
+            traces += layer_trace
         x = rms_norm(params["norm_out"], x)
     x = dropout(keys(config.num_layers)[0], config.dropout, x)
-    return _apply_dense(params["readout"], x), new_carries
+    outputs = _apply_dense(params["readout"], x)
+    return (outputs, new_carries, traces) if trace else (outputs, new_carries)
 
 
 def initial_carries(params: Params, config: ModelConfig, batch: int) -> list[Carry]:
@@ -310,7 +331,7 @@ def model_param_count(config: ModelConfig) -> int:
 
 
 def seed_keys(seeds: Sequence[int]) -> Array:
-    """Seed s uses ``jax.random.key(s)``, whatever the population (DESIGN.md §4)."""
+    """Seed s uses ``jax.random.key(s)``, whatever the population (docs/design.md §5.1)."""
     return jnp.stack([jax.random.key(s) for s in seeds])
 
 
@@ -374,10 +395,20 @@ class RecurrentLayer(nn.Module):
     scan: ScanKind = "auto"
 
     @nn.compact
-    def __call__(self, xs: Array, carry: Carry | None = None):
+    def __call__(
+        self,
+        xs: Array,
+        carry: Carry | None = None,
+        *,
+        carry_offsets: Carry | None = None,
+        trace: bool = False,
+    ):
+        """((B, T, H), carry), and a :class:`~gru_research.scan.LayerTrace` with ``trace``."""
         design = get_design(self.cell)
         params = self.param("layer", init_layer, design, xs.shape[-1], self.hidden_size)
-        return run_layer(params, design, xs, carry, scan=self.scan)
+        return run_layer(
+            params, design, xs, carry, scan=self.scan, carry_offsets=carry_offsets, trace=trace
+        )
 
 
 class GatedCell(nn.RNNCellBase):

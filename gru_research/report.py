@@ -16,33 +16,19 @@ The sweep file's ``report`` section says what the report holds::
         # better_than: {cell: gru} (at the same column), close_to: {cell: gru, tolerance: 0.1},
         # metric: NAME (default: the first)
 
-A claim holds when every table cell it selects passes its check; the report says
+A claim holds when every table entry it selects passes its check; the report says
 "held", "not held" or "no data" and shows the numbers behind the verdict.
 """
 
 from __future__ import annotations
 
-import platform
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-import jax
-
-from gru_research.tables import HIGHER_IS_BETTER, Cell, Table, _label, to_markdown, write_table
-from gru_research.tracking import git_commit, package_version, write_atomic
+from gru_research.reporting import claims_table, markdown_table, report_header, verdict
+from gru_research.tables import HIGHER_IS_BETTER, Table, label, to_markdown, write_table
+from gru_research.tracking import write_atomic
 
 CHECKS = ("below", "above", "within_baseline", "below_baseline", "better_than", "close_to")
-
-
-def _selected(table: Table, where: dict) -> list[tuple[tuple, tuple, Cell]]:
-    chosen = []
-    for (row, column), cell in table.cells.items():
-        values = dict(zip(table.row_keys, row, strict=True))
-        values |= dict(zip(table.column_keys, column, strict=True))
-        if all(values.get(k) == v for k, v in where.items()) and cell.values:
-            chosen.append((row, column, cell))
-    return chosen
 
 
 def check_claim(claim: dict, table: Table) -> tuple[str, str]:
@@ -50,67 +36,41 @@ def check_claim(claim: dict, table: Table) -> tuple[str, str]:
     kind = next((k for k in CHECKS if k in claim), None)
     if kind is None:
         raise ValueError(f"claim {claim.get('text')!r} has no check; valid checks: {CHECKS}")
-    selected = _selected(table, claim.get("where", {}))
+    selected = table.selected(claim.get("where", {}))
     if not selected:
-        return "no data", "no finished runs match"
+        return verdict(None), "no finished runs match"
     sign = -1 if table.metric in HIGHER_IS_BETTER else 1
     results, evidence = [], []
-    for row, column, cell in selected:
-        name = f"{_label(table.row_keys, row)} @ {_label(table.column_keys, column)}"
+    for row, column, entry in selected:
+        name = f"{label(table.row_keys, row)} @ {label(table.column_keys, column)}"
         baseline = table.baselines.get(column)
         if kind == "below":
-            ok, note = cell.mean <= claim["below"], f"{cell.mean:.4g} vs {claim['below']}"
+            ok, note = entry.mean <= claim["below"], f"{entry.mean:.4g} vs {claim['below']}"
         elif kind == "above":
-            ok, note = cell.mean >= claim["above"], f"{cell.mean:.4g} vs {claim['above']}"
+            ok, note = entry.mean >= claim["above"], f"{entry.mean:.4g} vs {claim['above']}"
         elif baseline is None:
             ok, note = False, "no baseline"
         elif kind == "within_baseline":
-            ratio = cell.mean / baseline
+            ratio = entry.mean / baseline
             ok, note = abs(ratio - 1) <= claim["within_baseline"], f"{ratio:.3f}× baseline"
         elif kind == "below_baseline":
-            ratio = cell.mean / baseline
+            ratio = entry.mean / baseline
             ok, note = ratio <= claim["below_baseline"], f"{ratio:.3f}× baseline"
         else:
             against = claim[kind]
             other_row = tuple(against.get(k, v) for k, v in zip(table.row_keys, row, strict=True))
-            other = table.cells.get((other_row, column))
+            other = table.entries.get((other_row, column))
             if other is None or not other.values:
-                ok, note = False, f"no runs of {_label(table.row_keys, other_row)}"
+                ok, note = False, f"no runs of {label(table.row_keys, other_row)}"
             elif kind == "better_than":
-                ok = sign * cell.mean < sign * other.mean
-                note = f"{cell.mean:.4g} vs {other.mean:.4g}"
+                ok = sign * entry.mean < sign * other.mean
+                note = f"{entry.mean:.4g} vs {other.mean:.4g}"
             else:
-                ok = abs(cell.mean - other.mean) <= against["tolerance"]
-                note = f"{cell.mean:.4g} vs {other.mean:.4g}"
+                ok = abs(entry.mean - other.mean) <= against["tolerance"]
+                note = f"{entry.mean:.4g} vs {other.mean:.4g}"
         results.append(ok)
         evidence.append(f"{name}: {note}")
-    return ("held" if all(results) else "not held"), "; ".join(evidence)
-
-
-def claims_table(claims: list[tuple[str, str, str]]) -> list[str]:
-    """The "Claims at this scale" section: a row per (claim, verdict, figures)."""
-    return [
-        "",
-        "## Claims at this scale",
-        "",
-        "| claim | verdict | figures |",
-        "|---|---|---|",
-        *[f"| {text} | **{verdict}** | {figures} |" for text, verdict, figures in claims],
-    ]
-
-
-def report_header(title: str, description: str, command: str) -> list[str]:
-    """The lines every report starts with: title, description, command and commit."""
-    return [
-        f"# {title}",
-        "",
-        description.strip(),
-        "",
-        "## Provenance",
-        "",
-        f"- command: `{command}`",
-        f"- git commit: `{git_commit()}`, package {package_version()}",
-    ]
+    return verdict(all(results)), "; ".join(evidence)
 
 
 def write_report(out: str | Path, sweep: dict, *, command: str, wall_time_s: float) -> Path:
@@ -127,18 +87,17 @@ def write_report(out: str | Path, sweep: dict, *, command: str, wall_time_s: flo
     ]
     fixed = {k: v["value"] for k, v in sweep["parameters"].items() if "value" in v}
     varied = {k: v["values"] for k, v in sweep["parameters"].items() if "values" in v}
-    lines = [
-        *report_header(sweep.get("name", out.name), sweep.get("description", ""), command),
-        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"{jax.device_count()} {jax.default_backend()} device(s), Python {sys.version.split()[0]},"
-        f" jax {jax.__version__}",
-        f"- wall time: {wall_time_s / 60:.1f} min for this invocation of the sweep; "
+    lines = report_header(
+        sweep.get("name", out.name),
+        sweep.get("description", ""),
+        command,
+        f"wall time: {wall_time_s / 60:.1f} min for this invocation of the sweep; "
         f"{sum(t.total_seconds for t in tables[:1]) / 60:.1f} min of training summed over its "
         "points (each point's own run, resumed parts included)",
-        f"- seeds per point: {sweep.get('seeds', 1)} (vmapped)",
-        f"- varied: {', '.join(f'{k} ∈ {v}' for k, v in varied.items())}",
-        f"- fixed: {', '.join(f'{k}={v}' for k, v in fixed.items())}",
-    ]
+        f"seeds per point: {sweep.get('seeds', 1)} (vmapped)",
+        f"varied: {', '.join(f'{k} ∈ {v}' for k, v in varied.items())}",
+        f"fixed: {', '.join(f'{k}={v}' for k, v in fixed.items())}",
+    )
     if spec.get("scale_note"):
         lines += ["", f"**Scale.** {spec['scale_note'].strip()}"]
     for table in tables:
@@ -148,12 +107,17 @@ def write_report(out: str | Path, sweep: dict, *, command: str, wall_time_s: flo
         lines += ["## Learning curves (validation)", ""]
         lines += [f"![{p}]({p})" for p in plots]
     if spec.get("paper"):
-        lines += ["", "## The paper's numbers", "", "| where | value | source |", "|---|---|---|"]
-        for entry in spec["paper"]:
-            where = ", ".join(
-                f"{k}={v}" for k, v in entry.items() if k not in ("value", "source", "metric")
-            )
-            lines.append(f"| {where} | {entry['value']} | {entry.get('source', '')} |")
+        rows = [
+            {
+                "where": ", ".join(
+                    f"{k}={v}" for k, v in e.items() if k not in ("value", "source", "metric")
+                ),
+                "value": str(e["value"]),  # as published, not rounded
+                "source": e.get("source", ""),
+            }
+            for e in spec["paper"]
+        ]
+        lines += ["", "## The paper's numbers", "", markdown_table(rows).rstrip("\n")]
     if spec.get("claims"):
         by_metric = {t.metric: t for t in tables}
         lines += claims_table(

@@ -1,27 +1,35 @@
 """Running a layer over a whole sequence: sequential ``lax.scan`` or parallel associative scan.
 
 ``run_layer`` hoists the input projection of the whole sequence into one matmul, then scans
-time-major over the recurrent part only (DESIGN.md §2). Designs that read the previous state
-run :func:`state_reading_scan`: one fused (H, G·H) matmul per step, and a custom gradient
-that forms the recurrent kernel's gradient after the loop as one matmul. Designs that never
-read the previous state are a linear recurrence h_t = a_t ⊙ h_{t−1} + b_t, which either scan
-can run:
+time-major over the recurrent part only (docs/design.md §3). Designs that read the previous
+state run :func:`state_reading_scan`: one fused (H, G·H) matmul per step, and a custom
+gradient that forms the recurrent kernel's gradient after the loop as one matmul
+(docs/design.md §4). Designs that never read the previous state are a linear recurrence
+h_t = a_t ⊙ h_{t−1} + b_t, which either scan can run:
 
 * ``"sequential"``: ``lax.scan`` over (a_t, b_t), or over the full step for the other designs;
-* ``"parallel"``: ``lax.associative_scan``, in log space for a positive candidate (minGRU,
-  minLSTM), with h_0 folded into the first b and the combine
-  (A1, B1) ∘ (A2, B2) = (A1 + A2, logaddexp(B1 + A2, B2)), which handles log a = −∞; in linear
-  space otherwise;
-* ``"auto"``: parallel only where it was measured to pay, off the CPU (on this 2-core CPU the
+* ``"parallel"``: ``lax.associative_scan``, in linear space, or in log space for a positive
+  candidate (minGRU, minLSTM). There a, b > 0 but the state may have any sign (a learned or a
+  carried-in one), and h_t is linear in the state s_t set at the latest restart r_t ≤ t (the
+  carried-in state before any restart, the initial state after one)::
+
+      h_t = h_t(0) + P_t ⊙ s_t,    log P_t = Σ_{k = r_t}^{t} log a_k,
+
+  with h_t(0) the log-space scan from a zero state, combine
+  (A1, B1) ∘ (A2, B2) = (A1 + A2, logaddexp(B1 + A2, B2)) (which handles log a = −∞), and
+  log P_t a segmented cumulative sum;
+* ``"auto"``: parallel only where it was measured to pay, off the CPU (on a 2-core CPU the
   associative scan ran at 0.3–0.5× ``lax.scan`` at T = 4096).
 
-In log space h_0 must be ≥ 0 (the authors' default is h_0 = 0).
+Two hooks read a layer's internals for analysis: ``carry_offsets``, added to the carry after
+every step, so that the gradient with respect to zero offsets is dL/dcarry_t at every t in one
+backward pass; and ``trace``, every step's gate values and carry (:class:`LayerTrace`).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +38,8 @@ from gru_research.cells import (
     Carry,
     Params,
     fused_recurrent_kernel,
+    gated_update,
+    hidden_state,
     initial_carry,
     input_projection,
     log_recurrence_coefficients,
@@ -37,13 +47,25 @@ from gru_research.cells import (
     output_from_states,
     read_state,
     recurrence_coefficients,
-    recurrent_update,
 )
+from gru_research.config import SCAN_KINDS
 from gru_research.gates import GateDesign
 
 Array = jax.Array
 ScanKind = Literal["auto", "sequential", "parallel"]
-SCAN_KINDS: tuple[str, ...] = ("auto", "sequential", "parallel")
+
+
+class LayerTrace(NamedTuple):
+    """What a layer computed at every step, as batch-major (B, T, H) leaves.
+
+    * ``gates``: every gate of the design by name (z, r or i, f, o), the value the step used:
+      Fixed (broadcast to its constant), Tied and Coupled resolved, minLSTM's i, f normalised.
+      Steps past a sequence's length are computed and discarded; their gates mean nothing.
+    * ``carries``: the carry after every step (held through padding), carry-shaped.
+    """
+
+    gates: dict[str, Array]
+    carries: Carry
 
 
 def resolve_scan(design: GateDesign, scan: ScanKind) -> Literal["sequential", "parallel"]:
@@ -80,14 +102,62 @@ def linear_scan_parallel(a: Array, b: Array, h0: Array) -> Array:
     return jax.lax.associative_scan(combine, (a, b))[1]
 
 
-def log_scan_parallel(log_a: Array, log_b: Array, h0: Array) -> Array:
-    """h_t = a_t h_{t−1} + b_t for positive a, b, h0 ≥ 0, scanned over (log a, log b)."""
-    log_b = log_b.at[0].set(jnp.logaddexp(log_a[0] + _log_nonnegative(h0), log_b[0]))
+def log_scan_parallel(log_a: Array, log_b: Array) -> Array:
+    """h_t = a_t h_{t−1} + b_t from h_{−1} = 0 for a, b ≥ 0, scanned over (log a, log b)."""
 
     def combine(left, right):
         return left[0] + right[0], jnp.logaddexp(left[1] + right[0], right[1])
 
     return jnp.exp(jax.lax.associative_scan(combine, (log_a, log_b))[1])
+
+
+def segmented_cumsum(values: Array, starts: Array) -> Array:
+    """Σ_{k = r_t}^{t} values_k over the leading axis, r_t the latest start ≤ t (0 if none)."""
+
+    def combine(left, right):
+        return left[0] | right[0], jnp.where(right[0], right[1], left[1] + right[1])
+
+    return jax.lax.associative_scan(combine, (jnp.broadcast_to(starts, values.shape), values))[1]
+
+
+def linear_states(
+    a: Array,
+    b: Array,
+    state0: Array,
+    fresh: Array,
+    valid: Array,
+    restart: Array,
+    parallel: bool,
+) -> Array:
+    """All h_t of h_t = a_t h_{t−1} + b_t from h_{−1} = ``state0``, time-major (T, B, H).
+
+    The state restarts to ``fresh`` before a ``restart`` step (a = 0, b ← b + a ⊙ fresh) and is
+    held through padding (a = 1, b = 0); ``valid`` and ``restart`` are of :func:`step_masks`.
+    """
+    b = jnp.where(restart, b + a * fresh, b)
+    a = jnp.where(restart, 0.0, a)
+    a, b = jnp.where(valid, a, 1.0), jnp.where(valid, b, 0.0)
+    run = linear_scan_parallel if parallel else linear_scan_sequential
+    return run(a, b, state0)
+
+
+def log_space_states(
+    log_a: Array, log_b: Array, state0: Array, fresh: Array, valid: Array, restart: Array
+) -> Array:
+    """:func:`linear_states` by the log-space parallel scan, for a, b > 0 and any real state.
+
+    h_t = h_t(0) + P_t ⊙ s_t: h_t(0) from a zero state (restarts to zero: log a = −∞), P_t the
+    product of a since the latest restart (inclusive), s_t ``state0`` before any restart and
+    ``fresh`` after one. Padding steps have log a = 0 and log b = −∞ (a = 1, b = 0).
+    """
+    restart = restart & valid
+    log_a = jnp.where(valid, log_a, 0.0)
+    from_zero = log_scan_parallel(
+        jnp.where(restart, -jnp.inf, log_a), jnp.where(valid, log_b, -jnp.inf)
+    )
+    decay = jnp.exp(segmented_cumsum(log_a, restart))
+    start = jnp.where(jnp.cumsum(restart, axis=0) > 0, fresh, state0)
+    return from_zero + decay * start
 
 
 def step_masks(
@@ -116,12 +186,14 @@ def run_layer(
     h_mask: Array | None = None,
     compute_dtype=None,
     remat: bool = False,
-) -> tuple[Array, Carry]:
+    carry_offsets: Carry | None = None,
+    trace: bool = False,
+) -> tuple[Array, Carry] | tuple[Array, Carry, LayerTrace]:
     """Run one layer over batch-major inputs ``xs`` (B, T, I); returns (outputs (B, T, H), carry).
 
-    * ``carry``: h (GRU family) or (c, h) (LSTM family) to start from; the learned initial
-      state (``learn_initial_state``) or zeros when omitted. The returned carry is the one
-      after each sequence's last real step.
+    * ``carry``: h (GRU family) or (c, h) (LSTM family) to start from, of any sign; the learned
+      initial state (``learn_initial_state``) or zeros when omitted. The returned carry is the
+      one after each sequence's last real step.
     * ``seq_lengths`` (B,): right-padded sequences; outputs at padded steps are zero and the
       state is held through them (in the parallel scan: a = 1, b = 0 there).
     * ``resets`` (B, T) booleans: the state restarts (to the initial state) before that step,
@@ -132,6 +204,12 @@ def run_layer(
       state and the element-wise gate arithmetic stay float32.
     * ``remat``: keep only the state per step for the backward pass and recompute the rest
       (:func:`state_reading_scan`; the linear-recurrence designs keep their (a, b) anyway).
+    * ``carry_offsets``: a carry-shaped tree of (B, T, H) arrays added to the carry after every
+      step, carry_t ← step(carry_{t−1}, x_t) + offset_t (y_t = h_t includes the h offset);
+      ignored at padded steps. With zeros, ``jax.grad`` with respect to them is dL/dcarry_t
+      for every t. In a linear recurrence the state offset adds to b_t, which may then be
+      negative: the log-space designs scan in linear space.
+    * ``trace``: also return a :class:`LayerTrace` of every step (a plain ``lax.scan``).
     """
     kind = resolve_scan(design, scan)
     batch, length = xs.shape[:2]
@@ -140,8 +218,9 @@ def run_layer(
     # time-major before the projection: one transpose of x, not one per gate of W x
     pre = input_projection(params, design, jnp.swapaxes(xs, 0, 1), compute_dtype)
     valid, restart = step_masks(batch, length, seq_lengths, resets)
-    if design.reads_state:
-        ys, carry = state_reading_scan(
+    offsets = None if carry_offsets is None else jax.tree.map(_swap_time, carry_offsets)
+    if design.reads_state or trace:
+        out = state_reading_scan(
             params,
             design,
             carry,
@@ -152,26 +231,30 @@ def run_layer(
             h_mask,
             compute_dtype,
             remat,
+            offsets,
+            trace,
         )
-        return jnp.swapaxes(ys, 0, 1), carry
+        if not trace:
+            return _swap_time(out[0]), out[1]
+        ys, last, steps = out
+        return _swap_time(ys), last, jax.tree.map(_swap_time, steps)
 
     lstm = design.family == "lstm"
     state0, fresh_state = (carry[0], fresh[0]) if lstm else (carry, fresh)
-    if kind == "parallel" and design.parallel_scan == "log":
+    state_offset = h_offset = None
+    if offsets is not None:
+        state_offset, h_offset = offsets if lstm else (offsets, None)
+    if kind == "parallel" and design.parallel_scan == "log" and offsets is None:
         log_a, log_b = log_recurrence_coefficients(design, pre)
-        log_fresh = _log_nonnegative(fresh_state)
-        log_b = jnp.where(restart, jnp.logaddexp(log_b, log_a + log_fresh), log_b)
-        log_a = jnp.where(restart, -jnp.inf, log_a)
-        log_a, log_b = jnp.where(valid, log_a, 0.0), jnp.where(valid, log_b, -jnp.inf)
-        states = log_scan_parallel(log_a, log_b, state0)
+        states = log_space_states(log_a, log_b, state0, fresh_state, valid, restart)
     else:
         a, b = recurrence_coefficients(design, pre)
-        b = jnp.where(restart, b + a * fresh_state, b)
-        a = jnp.where(restart, 0.0, a)
-        a, b = jnp.where(valid, a, 1.0), jnp.where(valid, b, 0.0)
-        run = linear_scan_sequential if kind == "sequential" else linear_scan_parallel
-        states = run(a, b, state0)
-    ys = output_from_states(design, states, pre)
+        b = b if state_offset is None else b + state_offset
+        states = linear_states(a, b, state0, fresh_state, valid, restart, kind == "parallel")
+    if h_offset is None:
+        ys = output_from_states(design, states, pre)
+    else:  # h_t = o_t ⊙ ψ(c_t) of the step's own c_t, then the offsets are added to both
+        ys = output_from_states(design, states - state_offset, pre) + h_offset
     last = length - 1 if seq_lengths is None else jnp.maximum(seq_lengths - 1, 0)
     take_last = lambda v: v[last, jnp.arange(batch)] if seq_lengths is not None else v[-1]  # noqa: E731
     if seq_lengths is not None:  # a sequence of length 0 keeps the carry it was given
@@ -181,7 +264,12 @@ def run_layer(
     else:
         final_state, final_h = states[-1], ys[-1]
     ys = jnp.where(valid, ys, 0.0)
-    return jnp.swapaxes(ys, 0, 1), ((final_state, final_h) if lstm else final_state)
+    return _swap_time(ys), ((final_state, final_h) if lstm else final_state)
+
+
+def _swap_time(v: Array) -> Array:
+    """(B, T, ...) ↔ (T, B, ...)."""
+    return jnp.swapaxes(v, 0, 1)
 
 
 def state_reading_scan(
@@ -195,15 +283,21 @@ def state_reading_scan(
     h_mask: Array | None = None,
     compute_dtype=None,
     remat: bool = False,
-) -> tuple[Array, Carry]:
+    offsets: Carry | None = None,
+    trace: bool = False,
+) -> tuple[Array, Carry] | tuple[Array, Carry, LayerTrace]:
     """The time loop of a design that reads its state, over time-major ``pre`` (T, B, ·).
 
     Forward, one ``lax.scan`` whose step is one fused matmul h U (B, H) × (H, G·H) and the
     element-wise update. Backward (a ``jax.custom_vjp``, as cuDNN does it): a reverse scan
     collects each step's gradient with respect to h U, and the gradient of U is formed after
-    it as *one* (H, T·B) × (T·B, G·H) matmul instead of T small ones accumulated in the loop.
-    Equal to JAX's own gradient of the plain scan (tests/test_speed.py). ``valid`` and
-    ``restart`` are the (T, B, 1) masks of :func:`step_masks`, None when there are none.
+    it as *one* (H, T·B) × (T·B, G·H) matmul instead of T small ones accumulated in the loop
+    (docs/design.md §4). Equal to JAX's own gradient of the plain scan (tests/test_speed.py).
+    ``valid`` and ``restart`` are the (T, B, 1) masks of :func:`step_masks`, None when there
+    are none; ``offsets`` (time-major) are inputs of the loop like ``pre``, so the custom
+    backward differentiates them too. ``trace`` runs the plain scan (JAX's own gradient) and
+    also returns a time-major :class:`LayerTrace`; it runs any design (one that does not read
+    h has a fused kernel of width 0).
     """
     others = {"U": {}}
     if design.family == "gru" and design.candidate.h and design.reset == "before":
@@ -212,7 +306,7 @@ def state_reading_scan(
         others["c_h"] = params["c_h"]
     consts = {"params": others, "fresh": fresh, "h_mask": h_mask}
     as_float = lambda mask: None if mask is None else mask.astype(jnp.float32)  # noqa: E731
-    xs = (pre, as_float(valid), as_float(restart))
+    xs = (pre, as_float(valid), as_float(restart), offsets)
 
     def restarted(consts, c, restart_t):
         return c if restart_t is None else _where(restart_t > 0, consts["fresh"], c)
@@ -221,8 +315,8 @@ def state_reading_scan(
         return read_state(design, restarted(consts, c, x[2]), consts["h_mask"])
 
     def step(consts, c, hp, x):
-        pre_t, valid_t, restart_t = x
-        c_new, y = recurrent_update(
+        pre_t, valid_t, restart_t, offset_t = x
+        c_new, gates = gated_update(
             consts["params"],
             design,
             restarted(consts, c, restart_t),
@@ -231,11 +325,22 @@ def state_reading_scan(
             consts["h_mask"],
             compute_dtype,
         )
-        if valid_t is None:
+        if offset_t is not None:
+            c_new = jax.tree.map(jnp.add, c_new, offset_t)
+        y = hidden_state(design, c_new)
+        if valid_t is not None:
+            c_new, y = _where(valid_t > 0, c_new, c), jnp.where(valid_t > 0, y, 0.0)
+        if not trace:
             return c_new, y
-        return _where(valid_t > 0, c_new, c), jnp.where(valid_t > 0, y, 0.0)
+        full = {n: jnp.broadcast_to(jnp.asarray(g, y.dtype), y.shape) for n, g in gates.items()}
+        return c_new, (y, full, c_new)
 
     kernel = fused_recurrent_kernel(params, design)
+    if trace:
+        (last, (ys, gates, carries)), _ = _plain_scan(
+            step, read, compute_dtype, kernel, consts, carry, xs, lambda c, hp: None
+        )
+        return ys, last, LayerTrace(gates, carries)
     last, ys = _fused_kernel_grad_scan(step, read, compute_dtype, remat, kernel, consts, carry, xs)
     return ys, last
 
@@ -292,8 +397,3 @@ def _fused_kernel_grad_backward(step, read, compute_dtype, remat, residuals, cot
 
 
 _fused_kernel_grad_scan.defvjp(_fused_kernel_grad_forward, _fused_kernel_grad_backward)
-
-
-def _log_nonnegative(v: Array) -> Array:
-    positive = v > 0
-    return jnp.where(positive, jnp.log(jnp.where(positive, v, 1.0)), -jnp.inf)

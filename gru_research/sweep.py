@@ -26,8 +26,9 @@ from typing import Any
 
 import yaml
 
+from gru_research.config import TrainConfig
+from gru_research.reporting import format_mean_std
 from gru_research.tracking import write_atomic
-from gru_research.train import TrainConfig, train
 
 SWEEP_METHODS = ("grid", "random")
 LOCAL_KEYS = ("seeds", "runs", "report", "description")
@@ -115,27 +116,35 @@ def point_config(point: dict, sweep: dict) -> TrainConfig:
 
 
 def run_sweep(
-    path: str | Path | dict, out: str | Path, *, wandb_mode: str = "offline", progress=print
+    sweep: str | Path | dict,
+    out: str | Path,
+    *,
+    wandb_mode: str = "offline",
+    progress=print,
+    data_dir: str | None = None,
 ) -> list[dict]:
     """Train every point into ``out/<point name>``, one after another; resumable.
 
-    ``path`` is a sweep file, or a sweep already read (a dict with a ``name``), as the
-    ``sweeps`` of an experiment such as textbook_claims.yaml.
+    ``sweep`` is a sweep file, or a sweep already read (a dict with a ``name``), as the
+    ``sweeps`` of an experiment such as textbook_claims.yaml. ``data_dir`` is the data root
+    every point reads (where the file does not set ``data_dir`` itself).
     """
+    from gru_research.train import train  # JAX: imported when a sweep runs
+
     out = Path(out)
-    given = isinstance(path, dict)
-    sweep = check_sweep(path, path.get("name", "sweep")) if given else load_sweep(path)
-    group = sweep.get("name", out.name if given else Path(path).stem)
-    points = expand(sweep)
-    configs = [point_config(p, sweep) for p in points]  # every point checked before any runs
+    given = isinstance(sweep, dict)
+    spec = check_sweep(sweep, sweep.get("name", "sweep")) if given else load_sweep(sweep)
+    group = spec.get("name", out.name if given else Path(sweep).stem)
+    points = [{"data_dir": data_dir, **p} if data_dir else p for p in expand(spec)]
+    configs = [point_config(p, spec) for p in points]  # every point checked before any runs
     out.mkdir(parents=True, exist_ok=True)
     if given:
-        write_atomic(out / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False, allow_unicode=True))
+        write_atomic(out / "sweep.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     else:
-        shutil.copyfile(path, out / "sweep.yaml")
+        shutil.copyfile(sweep, out / "sweep.yaml")
     summaries = []
     for i, (point, config) in enumerate(zip(points, configs, strict=True), 1):
-        name = point_name(point, sweep)
+        name = point_name(point, spec)
         run_dir = out / "runs" / name
         finished = (run_dir / "summary.json").exists()
         start = time.perf_counter()
@@ -152,24 +161,14 @@ def run_sweep(
 
 
 def describe(summary: dict) -> str:
-    """'loss 0.0123 ± 0.0040 (n=4, 1 diverged)' for a summary's final loss."""
+    """'loss 0.01230 ± 0.0040 (n=4, 1 diverged)' for a summary's final loss."""
     values = [v for v in summary["final"]["loss"] if v is not None]
+    if not values:
+        return "all seeds diverged"
     diverged = len(summary["diverged"])
-    text = (
-        "all seeds diverged"
-        if not values
-        else (
-            f"loss {sum(values) / len(values):.4f}"
-            + (f" ± {_std(values):.4f}" if len(values) > 1 else "")
-            + f" (n={len(values)}"
-        )
+    return f"loss {format_mean_std(values)} (n={len(values)}" + (
+        f", {diverged} diverged)" if diverged else ")"
     )
-    return text + (f", {diverged} diverged)" if diverged else ")") if values else text
-
-
-def _std(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def export_wandb(path: str | Path, target: str | Path) -> dict:

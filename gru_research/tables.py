@@ -10,20 +10,29 @@ sweep file gives one, stands beside ours.
 
 from __future__ import annotations
 
-import csv
-import io
-import math
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from gru_research.config import PROVENANCE_FIELDS, TASKS
 from gru_research.gates import PRESETS
-from gru_research.tasks import TASKS
+from gru_research.reporting import (
+    SIGNIFICANCE,
+    csv_table,
+    format_mean_std,
+    markdown_table,
+    mean_std,
+    welch_p,
+)
 from gru_research.tracking import read_json, write_atomic
 
 HIGHER_IS_BETTER = ("accuracy",)
-IGNORED_IN_SETTINGS = ("cell", "seed", "seeds", "hidden", "wandb")
+IGNORED_IN_SETTINGS = ("cell", "seed", "seeds", "hidden", "wandb", *PROVENANCE_FIELDS)
+METRIC_ALIASES = {"bits_per_token": "bpc"}
+"""A metric's older name, read where a run folder predates the new one (word-level PTB runs
+logged their bits per word as "bpc")."""
 
 
 @dataclass(frozen=True)
@@ -33,14 +42,20 @@ class Run:
     summary: dict
 
     def values(self, metric: str) -> list[float]:
-        return [v for v in self.summary["final"].get(metric, []) if v is not None]
+        """The final test values of ``metric`` of the seeds that did not diverge."""
+        final = self.summary["final"]
+        values = final.get(metric, final.get(METRIC_ALIASES.get(metric, ""), []))
+        return [v for v in values if v is not None]
 
     def evaluations(self, split: str, metric: str) -> list[dict]:
-        """The ``metrics.jsonl`` records of ``split`` that hold ``metric``, for the seeds that
-        did not diverge."""
-        import json
-
+        """The ``metrics.jsonl`` records of ``split`` that hold ``metric`` (under that name,
+        whatever the run called it), for the seeds that did not diverge."""
+        alias = METRIC_ALIASES.get(metric)
         records = [json.loads(line) for line in (self.folder / "metrics.jsonl").open()]
+        records = [
+            {**r, metric: r[alias]} if r.get(metric) is None and r.get(alias) is not None else r
+            for r in records
+        ]
         return [
             r
             for r in records
@@ -51,7 +66,9 @@ class Run:
 
 
 @dataclass
-class Cell:
+class Entry:
+    """One entry of a table: the seeds' values of one design in one task setting."""
+
     values: list[float]
     diverged: int
     paper: float | None = None
@@ -60,11 +77,11 @@ class Cell:
 
     @property
     def mean(self) -> float:
-        return float(np.mean(self.values)) if self.values else math.nan
+        return mean_std(self.values)[0]
 
     @property
     def std(self) -> float:
-        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else math.nan
+        return mean_std(self.values)[1]
 
 
 @dataclass
@@ -74,10 +91,24 @@ class Table:
     row_keys: list[str]
     columns: list[tuple]
     column_keys: list[str]
-    cells: dict[tuple, Cell] = field(default_factory=dict)
+    entries: dict[tuple, Entry] = field(default_factory=dict)
     baselines: dict[tuple, float] = field(default_factory=dict)
     reference: str | None = None
     total_seconds: float = 0.0
+
+    def where(self, row: tuple, column: tuple) -> dict:
+        """The config values an entry stands for: its row's and its column's."""
+        return dict(zip(self.row_keys, row, strict=True)) | dict(
+            zip(self.column_keys, column, strict=True)
+        )
+
+    def selected(self, where: dict) -> list[tuple[tuple, tuple, Entry]]:
+        """The (row, column, entry) with values whose config matches ``where``."""
+        return [
+            (row, column, entry)
+            for (row, column), entry in self.entries.items()
+            if entry.values and all(self.where(row, column).get(k) == v for k, v in where.items())
+        ]
 
 
 def load_runs(root: str | Path) -> list[Run]:
@@ -105,8 +136,6 @@ def build_table(
     paper: list[dict] | None = None,
 ) -> Table:
     """The table of ``metric`` (a final test metric) over the runs."""
-    from scipy import stats
-
     column_keys = [k for k in varying_keys(runs) if k not in row_keys + IGNORED_IN_SETTINGS]
     column_keys = ["task", *(k for k in column_keys if k != "task")]  # labels start with it
 
@@ -118,28 +147,25 @@ def build_table(
     table = Table(metric, rows, list(row_keys), columns, column_keys, reference=reference)
     for run in runs:
         at = (key(run, row_keys), key(run, column_keys))
-        cell = table.cells.setdefault(at, Cell([], 0))
-        cell.values.extend(run.values(metric))
-        cell.diverged += len(run.summary["diverged"])
+        entry = table.entries.setdefault(at, Entry([], 0))
+        entry.values.extend(run.values(metric))
+        entry.diverged += len(run.summary["diverged"])
         table.total_seconds += run.summary.get("wall_time_s", 0.0)
-        if metric in run.summary.get("baseline", {}):
-            table.baselines[at[1]] = run.summary["baseline"][metric]
-    for (row, column), cell in table.cells.items():
-        cell.paper = _paper_value(
-            paper or [],
-            dict(zip(row_keys, row, strict=True)) | dict(zip(column_keys, column, strict=True)),
-            metric,
-        )
+        baseline = run.summary.get("baseline", {})
+        baseline = baseline.get(metric, baseline.get(METRIC_ALIASES.get(metric, "")))
+        if baseline is not None:
+            table.baselines[at[1]] = baseline
+    for (row, column), entry in table.entries.items():
+        entry.paper = _paper_value(paper or [], table.where(row, column), metric)
         if reference is not None and row[0] != reference:
-            ref = table.cells.get(((reference, *row[1:]), column))
-            if ref and len(ref.values) > 1 and len(cell.values) > 1:
-                p = stats.ttest_ind(cell.values, ref.values, equal_var=False).pvalue
-                cell.p_value = float(p) if math.isfinite(p) else None
+            ref = table.entries.get(((reference, *row[1:]), column))
+            if ref:
+                entry.p_value = welch_p(entry.values, ref.values)
     sign = -1 if metric in HIGHER_IS_BETTER else 1
     for column in columns:
-        scored = [c for (r, col), c in table.cells.items() if col == column and c.values]
+        scored = [e for (_, col), e in table.entries.items() if col == column and e.values]
         if scored:
-            min(scored, key=lambda c: sign * c.mean).best = True
+            min(scored, key=lambda e: sign * e.mean).best = True
     return table
 
 
@@ -165,7 +191,8 @@ def _paper_value(entries: list[dict], where: dict, metric: str) -> float | None:
     return None
 
 
-def _label(keys: list[str], values: tuple) -> str:
+def label(keys: list[str], values: tuple) -> str:
+    """A row's or column's name: ``copy seq_len=100`` (the task and the cell bare)."""
     return (
         " ".join(
             f"{k}={v}" if k not in ("task", "cell") else str(v)
@@ -175,76 +202,69 @@ def _label(keys: list[str], values: tuple) -> str:
     )
 
 
-def format_cell(cell: Cell | None) -> str:
-    if cell is None:
+def format_entry(entry: Entry | None) -> str:
+    """``**0.123 ± 0.01** (n=3, 1 div.) * [paper: 0.12]``."""
+    if entry is None:
         return "–"
-    if not cell.values:
-        text = f"all diverged ({cell.diverged})"
+    if not entry.values:
+        text = f"all diverged ({entry.diverged})"
     else:
-        text = f"{cell.mean:#.4g}" + (f" ± {cell.std:.2g}" if len(cell.values) > 1 else "")
-        text = f"**{text}**" if cell.best else text
-        text += f" (n={len(cell.values)}" + (f", {cell.diverged} div." if cell.diverged else "")
+        text = format_mean_std(entry.values)
+        text = f"**{text}**" if entry.best else text
+        text += f" (n={len(entry.values)}" + (f", {entry.diverged} div." if entry.diverged else "")
         text += ")"
-    if cell.p_value is not None and cell.p_value < 0.05:
+    if entry.p_value is not None and entry.p_value < SIGNIFICANCE:
         text += " *"
-    if cell.paper is not None:
-        text += f" [paper: {cell.paper:g}]"
+    if entry.paper is not None:
+        text += f" [paper: {entry.paper:g}]"
     return text
 
 
 def to_markdown(table: Table) -> str:
-    header = [_label(table.row_keys, tuple(table.row_keys))] + [
-        _label(table.column_keys, c) for c in table.columns
+    corner = " / ".join(table.row_keys)
+    columns = [label(table.column_keys, c) for c in table.columns]
+    rows = [
+        {corner: label(table.row_keys, row)}
+        | {
+            name: format_entry(table.entries.get((row, c)))
+            for name, c in zip(columns, table.columns, strict=True)
+        }
+        for row in table.rows
     ]
-    header[0] = " / ".join(table.row_keys)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in table.rows:
-        cells = [format_cell(table.cells.get((row, c))) for c in table.columns]
-        lines.append("| " + " | ".join([_label(table.row_keys, row)] + cells) + " |")
     baselines = [table.baselines.get(c) for c in table.columns]
     if any(b is not None for b in baselines):
-        cells = ["–" if b is None else f"{b:#.4g}" for b in baselines]
-        lines.append("| memoryless baseline | " + " | ".join(cells) + " |")
+        rows.append(
+            {corner: "memoryless baseline"}
+            | {
+                name: "–" if b is None else f"{b:#.4g}"
+                for name, b in zip(columns, baselines, strict=True)
+            }
+        )
     notes = [
         f"Final test `{table.metric}`, mean ± std over the seeds that did not diverge; "
         "n = seeds counted, div. = seeds that diverged; bold = best in the column."
     ]
     if table.reference:
         notes.append(f"`*`: Welch t-test against `{table.reference}` significant at 5%.")
-    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+    return markdown_table(rows, [corner, *columns]) + "\n" + " ".join(notes) + "\n"
 
 
 def to_csv(table: Table) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(
-        [
-            *table.row_keys,
-            *table.column_keys,
-            "metric",
-            "mean",
-            "std",
-            "n",
-            "diverged",
-            "p_value",
-            "paper",
-        ]
-    )
-    for (row, column), cell in table.cells.items():
-        writer.writerow(
-            [
-                *row,
-                *column,
-                table.metric,
-                cell.mean,
-                cell.std,
-                len(cell.values),
-                cell.diverged,
-                cell.p_value,
-                cell.paper,
-            ]
-        )
-    return buffer.getvalue()
+    rows = [
+        table.where(row, column)
+        | {
+            "metric": table.metric,
+            "mean": entry.mean,
+            "std": entry.std,
+            "n": len(entry.values),
+            "diverged": entry.diverged,
+            "p_value": entry.p_value,
+            "paper": entry.paper,
+        }
+        for (row, column), entry in table.entries.items()
+    ]
+    columns = [*table.row_keys, *table.column_keys]
+    return csv_table(rows, [*columns, "metric", "mean", "std", "n", "diverged", "p_value", "paper"])
 
 
 def learning_curves(runs: list[Run], table: Table, split: str = "validation") -> dict:
@@ -277,18 +297,18 @@ def plot_curves(runs: list[Run], table: Table, out_dir: Path, split: str = "vali
             if grid.size == 0 or np.all(np.isnan(grid)):
                 continue
             mean = np.nanmean(grid, axis=0)
-            line = ax.plot(steps, mean, label=_label(table.row_keys, row))[0]
+            line = ax.plot(steps, mean, label=label(table.row_keys, row))[0]
             ax.fill_between(
                 steps, np.nanmin(grid, 0), np.nanmax(grid, 0), alpha=0.2, color=line.get_color()
             )
         ax.set_xlabel("step")
         ax.set_ylabel(f"{split} {table.metric}")
-        ax.set_title(_label(table.column_keys, column))
+        ax.set_title(label(table.column_keys, column))
         if table.metric not in HIGHER_IS_BETTER:
             ax.set_yscale("log")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        name = "curves_" + _label(table.column_keys, column).replace(" ", "_").replace("/", "_")
+        name = "curves_" + label(table.column_keys, column).replace(" ", "_").replace("/", "_")
         path = out_dir / f"{name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -1,6 +1,6 @@
 """Where runs are written: the local run folder and Weights & Biases.
 
-A run folder (DESIGN.md §4) holds ``config.json`` (the resolved config, package version, git
+A run folder (docs/design.md §5.3) holds ``config.json`` (the resolved config, package version, git
 commit), ``metrics.jsonl`` (one JSON object per logged step, seed and split),
 ``summary.json`` (final metrics per seed, diverged seeds), ``checkpoints/`` and ``wandb/``.
 Every file is replaced atomically (written beside, then renamed), so a crash never leaves a
@@ -111,8 +111,8 @@ class WandbRuns:
     """W&B for one run folder; a no-op when the mode is ``disabled``.
 
     Outside a sweep agent: one W&B run per seed, grouped by experiment, named by cell and seed.
-    Under ``wandb agent`` (DESIGN.md §4): the agent's one run, logging each metric as the mean
-    over the seeds that are finite, and per-seed values under ``seed_<s>/...``.
+    Under ``wandb agent`` (docs/design.md §5.4): the agent's one run, logging each metric as the
+    mean over the seeds that are finite, and per-seed values under ``seed_<s>/...``.
     """
 
     def __init__(

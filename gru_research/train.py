@@ -1,14 +1,19 @@
 """Training: one pure train step, vmapped over seeds, jitted once; evaluation, checkpoints, resume.
 
 The per-seed train step is a pure function of (params, optimiser state, key) built from a
-frozen :class:`TrainConfig`; ``jax.vmap`` over the leading seed axis turns it into a
-population and ``jax.jit`` compiles it once (several steps per call, by ``lax.scan``). Seed
-``s`` uses ``jax.random.key(s)``, split into its initialisation, training, validation and test
-streams, so seed 2 of a 4-seed run is exactly the run ``--seed 2 --seeds 1``.
+frozen :class:`~gru_research.config.TrainConfig`; ``jax.vmap`` over the leading seed axis
+turns it into a population and ``jax.jit`` compiles it once (several steps per call, by
+``lax.scan``). Seed ``s`` uses ``jax.random.key(s)``, split into its initialisation, training,
+validation and test streams, so seed 2 of a 4-seed run is exactly the run ``--seed 2 --seeds 1``.
 
 A seed whose loss or parameters become NaN or infinite is marked diverged and frozen (its
 later updates are skipped) while the others go on; the summary lists it and reports its
 final metrics as null rather than averaging them in.
+
+:func:`train` reads in four phases: *prepare* (every check, the task, the model and the
+compiled program with its memory, before any folder exists), the *initial state* (fresh or
+restored from the last checkpoint), the *loop* and the *summary*. :func:`load_run` is the one
+way into a trained run folder.
 """
 
 from __future__ import annotations
@@ -19,31 +24,27 @@ import shutil
 import sys
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import reduce
+from functools import cache, reduce
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gru_research.gates import GateDesign, get_design
+from gru_research.config import TrainConfig, load_run_config
 from gru_research.model import (
-    PRECISIONS,
     ModelConfig,
     apply_model,
     count_params,
     init_model,
     initial_carries,
-    model_param_count,
     seed_keys,
-    shard_over_seeds,
+    seed_sharding,
 )
-from gru_research.scan import ScanKind
-from gru_research.tasks import IGNORED_TARGET, Task, TaskConfig, make_task
+from gru_research.tasks import IGNORED_TARGET, Task, make_task
 from gru_research.tracking import (
     WANDB_MODES,
     MetricsFile,
@@ -54,175 +55,7 @@ from gru_research.tracking import (
     write_json,
 )
 
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
-RECURRENT_INITS = ("orthogonal", "identity", "lecun_normal")
-TASK_SEQ_LEN = {"copy": 20, "adding": 50, "selective_copy": 64, "lm": 64}  # small defaults
-SCHEDULES = ("constant", "cosine", "epoch_decay")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run depends on; the run folder's ``config.json`` is this, resolved."""
-
-    task: str = "copy"
-    cell: str = "gru"
-    seed: int = 0
-    seeds: int = 1
-    steps: int = 1000
-    seq_len: int | None = None
-    num_tokens: int = 16
-    hidden: int = 64
-    param_budget: int | None = None
-    layers: int = 1
-    block: Literal["plain", "residual"] = "plain"
-    scan: ScanKind = "auto"
-    bidirectional: str | None = None
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    gate_bias: float | None = None
-    chrono_t_max: float | None = None
-    recurrent_init: str | None = None
-    learn_initial_state: bool = False
-    stateful: bool = False
-    epochs: int | None = None
-    lr_decay: float = 1.0
-    lr_decay_after: int = 0
-    init_scale: float | None = None
-    loss_sum_over_time: bool = False
-    precision: str = "float32"
-    remat: bool = False
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    rms_decay: float = 0.9
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    clip_norm: float | None = 1.0
-    clip_value: float | None = None
-    log_every: int = 50
-    eval_every: int = 250
-    eval_batches: int = 4
-    checkpoint_every: int = 500
-    corpus: str = "tiny_shakespeare"
-    text_file: str | None = None
-    tfds_data_dir: str | None = None
-    tfds_manual_dir: str | None = None
-    data_dir: str | None = None
-    data_checks: bool = True
-
-    def __post_init__(self) -> None:
-        if self.seq_len is None and self.task in TASK_SEQ_LEN:
-            object.__setattr__(self, "seq_len", TASK_SEQ_LEN[self.task])
-        for name in ("seeds", "steps", "hidden", "layers", "batch_size", "seq_len"):
-            _positive(name, getattr(self, name))
-        for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches"):
-            _positive(name, getattr(self, name))
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"unknown optimizer {self.optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"
-            )
-        if self.param_budget is not None and self.param_budget < 1:
-            raise ValueError(f"param_budget must be a positive integer, got {self.param_budget}")
-        if self.stateful and self.task != "lm":
-            raise ValueError("stateful training (carried state across windows) needs --task lm")
-        if self.recurrent_init not in (None, *RECURRENT_INITS):
-            raise ValueError(
-                f"unknown recurrent_init {self.recurrent_init!r}; valid: "
-                f"{', '.join(RECURRENT_INITS)}"
-            )
-        if self.epochs is not None and (self.epochs < 1 or not self.stateful):
-            raise ValueError("--epochs takes a positive count and needs --stateful (task lm)")
-        if self.schedule == "epoch_decay" and self.epochs is None:
-            raise ValueError("the epoch_decay schedule needs --epochs (stateful lm)")
-        if self.init_scale is not None and not self.init_scale > 0:
-            raise ValueError(f"init_scale must be positive, got {self.init_scale}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
-            )
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-
-    @property
-    def seed_list(self) -> list[int]:
-        return list(range(self.seed, self.seed + self.seeds))
-
-    def task_config(self) -> TaskConfig:
-        return TaskConfig(
-            name=self.task,
-            seq_len=self.seq_len,
-            num_tokens=self.num_tokens,
-            corpus=self.corpus,
-            text_file=self.text_file,
-            tfds_data_dir=self.tfds_data_dir,
-            tfds_manual_dir=self.tfds_manual_dir,
-            data_dir=self.data_dir,
-            data_checks=self.data_checks,
-            eval_batches=self.eval_batches,
-        )
-
-    def design(self) -> GateDesign:
-        """The preset with this run's initialisation options applied (DESIGN.md §5)."""
-        design = get_design(self.cell)
-        options = {
-            "chrono_t_max": self.chrono_t_max,
-            "learn_initial_state": self.learn_initial_state or None,
-            "recurrent_init": self.recurrent_init,
-        }
-        design = dataclasses.replace(design, **{k: v for k, v in options.items() if v})
-        if self.gate_bias is not None and design.keep_gate is not None:
-            gate, sign = design.keep_gate  # where z writes, a keeping bias B is −B on z
-            source = dataclasses.replace(design.gate(gate), bias_init=sign * self.gate_bias)
-            design = dataclasses.replace(
-                design, gates=tuple((n, source if n == gate else s) for n, s in design.gates)
-            )
-        return design
-
-    def model_config(self, task: Task) -> ModelConfig:
-        """The model; with ``param_budget``, the largest hidden size within that budget."""
-
-        def config(hidden: int) -> ModelConfig:
-            return ModelConfig(
-                cell=self.design(),
-                input_size=task.input_size,
-                vocab_size=task.vocab_size,
-                hidden_size=hidden,
-                output_size=task.output_size,
-                num_layers=self.layers,
-                block=self.block,
-                scan=self.scan,
-                bidirectional=self.bidirectional,
-                dropout=self.dropout,
-                recurrent_dropout=self.recurrent_dropout,
-                precision=self.precision,
-                remat=self.remat,
-            )
-
-        if self.param_budget is None:
-            return config(self.hidden)
-        low, high = 1, 4096  # the count grows with the hidden size: bisect
-        if model_param_count(config(low)) > self.param_budget:
-            raise ValueError(f"param_budget {self.param_budget} is below the smallest model")
-        while low < high:
-            mid = (low + high + 1) // 2
-            low, high = (
-                (mid, high)
-                if model_param_count(config(mid)) <= self.param_budget
-                else (low, mid - 1)
-            )
-        return config(low)
-
-
-def _positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
+__all__ = ["RunError", "TrainConfig", "build_program", "evaluate", "load_run", "train"]
 
 
 def learning_rate(config: TrainConfig) -> optax.Schedule:
@@ -310,16 +143,30 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 # the pure, per-seed program
 
 
+def chunk_length(config: TrainConfig) -> int:
+    """Steps per compiled call: every log, evaluation and checkpoint falls on a chunk's end.
+
+    Independent of ``steps``: a run whose length is not a multiple ends with one shorter
+    chunk, a second program.
+    """
+    return math.gcd(config.log_every, config.eval_every, config.checkpoint_every)
+
+
 @dataclass(frozen=True)
 class Program:
     """The jitted, seed-vmapped functions of one run."""
 
     init: Any  # seed keys -> state (seeds one after another, see model.init_population)
-    train_chunk: Any  # (state, data) -> (state, per-step metrics), `chunk` steps
+    train_steps: Any  # length -> jitted (state, data) -> (state, per-step metrics)
     evaluate: Any  # (params, inputs, targets) -> metrics, per seed, shared batch
     evaluate_sampled: Any  # (params, keys, data) -> metrics, per seed, own batches
     evaluate_stream: Any  # (params, windows) -> weighted metric sums and weight, per seed
     chunk: int
+
+    @property
+    def train_chunk(self):
+        """The program of one full chunk."""
+        return self.train_steps(self.chunk)
 
 
 def _finite(tree) -> jax.Array:
@@ -398,10 +245,12 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
         }
         return new, metrics
 
-    chunk = math.gcd(config.log_every, config.eval_every, config.checkpoint_every, config.steps)
+    @cache
+    def train_steps(length: int):
+        def steps(state, data):
+            return jax.lax.scan(lambda s, _: train_step(s, data), state, None, length=length)
 
-    def train_chunk(state, data):
-        return jax.lax.scan(lambda s, _: train_step(s, data), state, None, length=chunk)
+        return jax.jit(jax.vmap(steps, in_axes=(0, None)))
 
     def evaluate_sampled(params, eval_key, data):
         def one(i):
@@ -431,11 +280,11 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
 
     return Program(
         init=jax.jit(lambda keys: jax.lax.map(init, keys)),  # not vmap: see init_population
-        train_chunk=jax.jit(jax.vmap(train_chunk, in_axes=(0, None))),
+        train_steps=train_steps,
         evaluate=jax.jit(jax.vmap(metrics_of, in_axes=(0, None, None))),
         evaluate_sampled=jax.jit(jax.vmap(evaluate_sampled, in_axes=(0, 0, None))),
         evaluate_stream=jax.jit(jax.vmap(evaluate_stream, in_axes=(0, None, None))),
-        chunk=chunk,
+        chunk=chunk_length(config),
     )
 
 
@@ -472,15 +321,178 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------
-# the run folder
+# checkpoints
 
 
 class RunError(ValueError):
     """A problem with a run folder (mismatched config, corrupt checkpoint)."""
 
 
-def resolved_config(config: TrainConfig) -> dict:
-    return dataclasses.asdict(config)
+def checkpoint_manager(run_dir: Path):
+    """The orbax manager of ``RUN/checkpoints`` (the last two kept)."""
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        (Path(run_dir) / "checkpoints").resolve(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+    )
+
+
+def abstract_state(program: Program, seeds: list[int]) -> Any:
+    """The shapes, dtypes and device placement of a run's state (nothing is computed)."""
+    shapes = jax.eval_shape(program.init, seed_keys(seeds))
+    sharding = seed_sharding(len(seeds)) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def restore_checkpoint(manager, step: int, abstract: Any) -> dict:
+    """The state saved at ``step``; one clear line if it is corrupt or of another run."""
+    import orbax.checkpoint as ocp
+
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as err:  # orbax raises many kinds; all mean the same to the user
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(
+            f"corrupt or mismatched checkpoint at step {step} in {manager.directory}: {first_line}"
+        ) from None
+
+
+class LoadedRun(NamedTuple):
+    """A trained run folder: its config, task, model and the parameters of every seed."""
+
+    config: TrainConfig
+    task: Task
+    model: ModelConfig
+    params: Any  # the model's parameters with a leading seed axis
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """The last checkpoint of a run folder, with everything needed to apply its models."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    task = make_task(config.task_config())
+    config = resolve_epochs(config, task)
+    model = config.model_config(task)
+    manager = checkpoint_manager(run_dir)
+    try:
+        latest = manager.latest_step()
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
+        program = build_program(config, task, model)
+        state = restore_checkpoint(manager, latest, abstract_state(program, config.seed_list))
+    finally:
+        manager.close()
+    return LoadedRun(config, task, model, state["params"])
+
+
+# ---------------------------------------------------------------------------------------------
+# training a run folder
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run that passed every check, with its compiled program; no folder written yet."""
+
+    config: TrainConfig
+    task: Task
+    model: ModelConfig
+    program: Program
+    train_chunk: Any  # the compiled program of one full chunk
+    abstract: Any  # the state's shapes and placement
+    resumed: bool
+
+
+def available_memory() -> int | None:
+    """Bytes the program may use: the accelerator's free memory, or the host's available."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_memory(compiled, margin: float = 0.8) -> None:
+    """Refuse a program whose compiled memory exceeds ``margin`` of what is available: an
+    out-of-memory kill runs no handler, so this is checked before anything is written."""
+    analysis = compiled.memory_analysis()
+    available = available_memory()
+    if analysis is None or available is None:
+        return
+    needed = (
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )
+    if needed > margin * available:
+        raise ValueError(
+            f"the training program needs {needed / 2**30:.2f} GiB (its compiled memory analysis) "
+            f"but {available / 2**30:.2f} GiB is available; use fewer seeds, a smaller batch, "
+            "a shorter --seq-len or --remat"
+        )
+
+
+def _saved_config_differs(run_dir: Path, config: TrainConfig) -> list[str]:
+    """The identity fields in which the run folder's saved config differs from ``config``."""
+    saved = read_json(run_dir / "config.json")["run"]
+    defaults = TrainConfig().identity()  # a field added since the run: its default
+    return sorted(k for k, v in config.identity().items() if saved.get(k, defaults[k]) != v)
+
+
+def prepare(config: TrainConfig, run_dir: Path, wandb_mode: str) -> Prepared:
+    """Every check, the task, the model and the compiled program, before any folder exists."""
+    if wandb_mode not in WANDB_MODES:
+        raise ValueError(f"unknown W&B mode {wandb_mode!r}; valid modes: {', '.join(WANDB_MODES)}")
+    task = make_task(config.task_config())
+    config = resolve_epochs(config, task)  # with epochs, the step count depends on the corpus
+    resumed = (run_dir / "config.json").exists()
+    if resumed and (differs := _saved_config_differs(run_dir, config)):
+        if _has_checkpoint(run_dir):
+            raise RunError(
+                f"{run_dir} holds a run with a different config (differs in: "
+                f"{', '.join(differs)}); use another --out"
+            )
+        print(
+            f"replacing {run_dir}: it held a run with a different config ({', '.join(differs)})"
+            " and no checkpoint yet",
+            file=sys.stderr,
+        )
+        shutil.rmtree(run_dir)
+        resumed = False
+    model = config.model_config(task)
+    program = build_program(config, task, model)
+    abstract = abstract_state(program, config.seed_list)
+    train_chunk = program.train_chunk.lower(abstract, task.data).compile()
+    check_memory(train_chunk)
+    return Prepared(config, task, model, program, train_chunk, abstract, resumed)
+
+
+def write_run_config(run: Prepared, run_dir: Path, state: dict) -> None:
+    """``config.json``: the config, the model, the task, where its data came from, versions."""
+    write_json(
+        run_dir / "config.json",
+        {
+            "wandb_id": uuid.uuid4().hex[:8],
+            "run": dataclasses.asdict(run.config),
+            "model": dataclasses.asdict(run.model),
+            "task": {
+                "name": run.task.name,
+                "baseline": run.task.baseline,
+                "solved": run.task.solved_rule,
+                "data_source": run.task.data_source,
+            },
+            "package_version": package_version(),
+            "git_commit": git_commit(),
+            "params_per_seed": count_params(jax.tree.map(lambda v: v[0], state["params"])),
+            "seed_devices": len(state["step"].sharding.device_set),
+        },
+    )
 
 
 def _records(step: int, seeds: list[int], split: str, metrics: dict, extra=None) -> list[dict]:
@@ -491,41 +503,9 @@ def _records(step: int, seeds: list[int], split: str, metrics: dict, extra=None)
             value = float(np.asarray(values)[s])
             record[name] = value if math.isfinite(value) else None
         if extra:
-            record.update(extra(s, record))
+            record.update(extra(record))
         records.append(record)
     return records
-
-
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The TrainConfig of a run folder (fields added since the run take their defaults)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"no run folder at {run_dir} (config.json missing)")
-    saved = read_json(run_dir / "config.json")["run"]
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
-
-
-def _checkpoint_manager(run_dir: Path):
-    import orbax.checkpoint as ocp
-
-    return ocp.CheckpointManager(
-        (run_dir / "checkpoints").resolve(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
-    )
-
-
-def _restore(manager, step: int, like: dict) -> dict:
-    import orbax.checkpoint as ocp
-
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as err:  # orbax raises many kinds; all mean the same to the user
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RunError(
-            f"corrupt or mismatched checkpoint at step {step} in {manager.directory}: {first_line}"
-        ) from None
 
 
 def train(
@@ -545,156 +525,149 @@ def train(
     ``stop_after`` stops once that many steps are done, as a killed run would.
     """
     run_dir = Path(run_dir)
-    if wandb_mode not in WANDB_MODES:
-        raise ValueError(f"unknown W&B mode {wandb_mode!r}; valid modes: {', '.join(WANDB_MODES)}")
-    config_file = run_dir / "config.json"
-    resumed = config_file.exists()
-    task = None
-    if config.epochs is not None:  # the step count depends on the corpus
-        task = make_task(config.task_config())
-        config = resolve_epochs(config, task)
-    if resumed:
-        saved = read_json(config_file)
-        defaults = resolved_config(TrainConfig())  # a field added since the run: its default
-        differs = sorted(
-            k for k, v in resolved_config(config).items() if saved["run"].get(k, defaults[k]) != v
-        )
-        if differs:
-            raise RunError(
-                f"{run_dir} holds a run with a different config (differs in: "
-                f"{', '.join(differs)}); use another --out"
-            )
-        if (run_dir / "summary.json").exists():
-            return read_json(run_dir / "summary.json")
-    task = task or make_task(config.task_config())
-    model = config.model_config(task)
-    with _removed_on_bad_input(run_dir):
-        seeds = config.seed_list
-        program = build_program(config, task, model)
-        state = program.init(seed_keys(seeds))
-        manager = _checkpoint_manager(run_dir)
-        start = 0
-        if resumed:
-            latest = manager.latest_step()
-            if latest is not None:
-                state = _restore(manager, latest, state)
-                start = latest
-        elif state_transform is not None:
+    if (finished := _finished_summary(config, run_dir)) is not None:
+        return finished
+
+    # prepare: every check, the compiled program and its memory; nothing written yet
+    run = prepare(config, run_dir, wandb_mode)
+    config, task, seeds = run.config, run.task, run.config.seed_list
+
+    # initial state: fresh, or restored from the last checkpoint
+    manager = checkpoint_manager(run_dir)
+    state, start = None, 0
+    if run.resumed and (latest := manager.latest_step()) is not None:
+        state, start = restore_checkpoint(manager, latest, run.abstract), latest
+    if state is None:
+        state = run.program.init(seed_keys(seeds))
+        if state_transform is not None:
             state = state_transform(state)
-        state = shard_over_seeds(state)
-        if not resumed:
-            write_json(
-                run_dir / "config.json",
-                {
-                    "wandb_id": uuid.uuid4().hex[:8],
-                    "run": resolved_config(config),
-                    "model": dataclasses.asdict(model),
-                    "task": {
-                        "name": task.name,
-                        "baseline": task.baseline,
-                        "solved": task.solved_rule,
-                    },
-                    "package_version": package_version(),
-                    "git_commit": git_commit(),
-                    "params_per_seed": count_params(jax.tree.map(lambda v: v[0], state["params"])),
-                    "seed_devices": len(state["step"].sharding.device_set),
-                },
+        state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, run.abstract))
+    if not run.resumed:
+        write_run_config(run, run_dir, state)
+    metrics_file = MetricsFile(run_dir / "metrics.jsonl")
+    metrics_file.truncate_after(start)
+    wandb_runs = WandbRuns(
+        wandb_mode,
+        run_dir,
+        dataclasses.asdict(config),
+        seeds,
+        project=wandb_project,
+        group=wandb_group or f"{config.task}-T{config.seq_len}",
+        run_id=read_json(run_dir / "config.json")["wandb_id"],
+        name=config.cell,
+    )
+    baseline_fields = {f"baseline_{k}": v for k, v in task.baseline.items()}
+
+    def with_baseline(record):
+        values = {k: v for k, v in record.items() if isinstance(v, float)}
+        solved = all(v is not None for v in record.values()) and bool(task.is_solved(values))
+        return {**baseline_fields, "solved": solved}
+
+    def log(records):
+        metrics_file.extend(records)
+        wandb_runs.log(records)
+
+    # the loop: chunks of steps, then log, evaluate and checkpoint where they fall due
+    bar = _progress_bar(config.steps, start, progress)
+    started, window, window_steps, step = time.perf_counter(), [], 0, start
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    while step < end:
+        length = min(run.program.chunk, config.steps - step)
+        chunk = run.train_chunk if length == run.program.chunk else run.program.train_steps(length)
+        state, metrics = chunk(state, task.data)
+        step += length
+        window.append(jax.tree.map(lambda v: jnp.sum(v, axis=1), metrics))
+        window_steps += length
+        done = step == config.steps
+        if step % config.log_every == 0 or done:
+            means = _window_mean(window, window_steps)
+            log(_records(step, seeds, "train", means))
+            bar.update(window_steps)
+            window, window_steps = [], 0
+            bar.set_postfix_str(" ".join(f"{float(v):.4f}" for v in means["loss"]))
+        if step % config.eval_every == 0 or done:
+            valid = evaluate(
+                run.program, task, state, "validation", config.batch_size, config.stateful
             )
-        metrics_file = MetricsFile(run_dir / "metrics.jsonl")
-        metrics_file.truncate_after(start)
-        wandb_runs = WandbRuns(
-            wandb_mode,
-            run_dir,
-            resolved_config(config),
-            seeds,
-            project=wandb_project,
-            group=wandb_group or f"{config.task}-T{config.seq_len}",
-            run_id=read_json(run_dir / "config.json")["wandb_id"],
-            name=config.cell,
-        )
-        baseline_fields = {f"baseline_{k}": v for k, v in task.baseline.items()}
+            log(_records(step, seeds, "validation", valid, with_baseline))
+        if step % config.checkpoint_every == 0 or done:
+            import orbax.checkpoint as ocp
 
-        def with_baseline(s, record):
-            values = {k: v for k, v in record.items() if isinstance(v, float)}
-            solved = all(v is not None for v in record.values()) and bool(task.is_solved(values))
-            return {**baseline_fields, "solved": solved}
+            manager.save(step, args=ocp.args.StandardSave(state))
+            manager.wait_until_finished()
+    bar.close()
+    manager.close()
+    if step < config.steps:
+        return {"stopped_at": step}
 
-        def log(records):
-            metrics_file.extend(records)
-            wandb_runs.log(records)
+    # the summary: the test split, the diverged seeds, W&B closed
+    test = evaluate(run.program, task, state, "test", config.batch_size, config.stateful)
+    test_records = _records(step, seeds, "test", test, with_baseline)
+    log(test_records)
+    summary = summarise(config, task, state, test_records, time.perf_counter() - started)
+    wandb_runs.finish(
+        {
+            seed: {f"test/{k}": v[i] for k, v in summary["final"].items()}
+            for i, seed in enumerate(seeds)
+        }
+    )
+    write_json(run_dir / "summary.json", summary)
+    return summary
 
-        bar = _progress_bar(config.steps, start, progress)
-        started, window = time.perf_counter(), []
-        step = start
-        while step < config.steps and (stop_after is None or step < stop_after):
-            state, metrics = program.train_chunk(state, task.data)
-            step += program.chunk
-            window.append(jax.tree.map(lambda v: jnp.mean(v, axis=1), metrics))
-            if step % config.log_every == 0 or step == config.steps:
-                means = jax.tree.map(lambda *v: np.mean(np.stack(v), axis=0), *window)
-                window = []
-                log(_records(step, seeds, "train", means))
-                bar.update(config.log_every)
-                bar.set_postfix_str(" ".join(f"{float(v):.4f}" for v in means["loss"]))
-            if step % config.eval_every == 0 or step == config.steps:
-                valid = evaluate(
-                    program, task, state, "validation", config.batch_size, config.stateful
-                )
-                log(_records(step, seeds, "validation", valid, with_baseline))
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                import orbax.checkpoint as ocp
 
-                manager.save(step, args=ocp.args.StandardSave(state))
-                manager.wait_until_finished()
-        bar.close()
-        if step < config.steps:
-            manager.close()
-            return {"stopped_at": step}
+EPOCH_DERIVED = ("steps", "eval_every", "checkpoint_every", "log_every")
 
-        test = evaluate(program, task, state, "test", config.batch_size, config.stateful)
-        test_records = _records(step, seeds, "test", test, with_baseline)
-        log(test_records)
-        diverged = [seed for seed, d in zip(seeds, np.asarray(state["diverged"]), strict=True) if d]
-        final = {
+
+def _finished_summary(config: TrainConfig, run_dir: Path) -> dict | None:
+    """The summary of a finished run of this config in ``run_dir``, if there is one (read
+    without building anything: with epochs, the fields the corpus sets are not compared)."""
+    if not (run_dir / "summary.json").exists() or not (run_dir / "config.json").exists():
+        return None
+    ignored = EPOCH_DERIVED if config.epochs is not None else ()
+    if any(k not in ignored for k in _saved_config_differs(run_dir, config)):
+        return None
+    return read_json(run_dir / "summary.json")
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    folder = run_dir / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def summarise(
+    config: TrainConfig, task: Task, state: dict, test_records: list[dict], seconds: float
+) -> dict:
+    """``summary.json``: the final test metrics per seed (null for a diverged seed)."""
+    seeds = config.seed_list
+    diverged = [seed for seed, d in zip(seeds, np.asarray(state["diverged"]), strict=True) if d]
+    names = [k for k in test_records[0] if k not in ("step", "seed", "split", "solved")]
+    names = [k for k in names if not k.startswith("baseline_")]
+    return {
+        "task": config.task,
+        "cell": config.cell,
+        "seeds": seeds,
+        "steps": config.steps,
+        "final": {
             name: [None if r["seed"] in diverged else r[name] for r in test_records]
-            for name in test
-        }
-        summary = {
-            "task": config.task,
-            "cell": config.cell,
-            "seeds": seeds,
-            "steps": config.steps,
-            "final": final,
-            "solved": [r["solved"] and r["seed"] not in diverged for r in test_records],
-            "diverged": diverged,
-            "diverged_at_step": {
-                str(seed): int(at)
-                for seed, at in zip(seeds, np.asarray(state["diverged_at"]), strict=True)
-                if at >= 0
-            },
-            "baseline": task.baseline,
-            "solved_rule": task.solved_rule,
-            "params_per_seed": count_params(jax.tree.map(lambda v: v[0], state["params"])),
-            "wall_time_s": round(time.perf_counter() - started, 2),
-        }
-        wandb_runs.finish(
-            {seed: {f"test/{k}": v[i] for k, v in final.items()} for i, seed in enumerate(seeds)}
-        )
-        write_json(run_dir / "summary.json", summary)
-        manager.close()
-        return summary
+            for name in names
+        },
+        "solved": [r["solved"] and r["seed"] not in diverged for r in test_records],
+        "diverged": diverged,
+        "diverged_at_step": {
+            str(seed): int(at)
+            for seed, at in zip(seeds, np.asarray(state["diverged_at"]), strict=True)
+            if at >= 0
+        },
+        "baseline": task.baseline,
+        "solved_rule": task.solved_rule,
+        "params_per_seed": count_params(jax.tree.map(lambda v: v[0], state["params"])),
+        "wall_time_s": round(seconds, 2),
+    }
 
 
-@contextmanager
-def _removed_on_bad_input(run_dir: Path):
-    """A run folder this call created is removed again if the run is refused."""
-    created = not run_dir.exists()
-    try:
-        yield
-    except (RunError, ValueError, FileNotFoundError):
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+def _window_mean(window: list[dict], steps: int) -> dict:
+    """The mean per seed of the training metrics summed over the chunks of a log window."""
+    return jax.tree.map(lambda *sums: np.sum(np.stack(sums), axis=0) / steps, *window)
 
 
 def _progress_bar(total: int, start: int, enabled: bool | None):

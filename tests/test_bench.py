@@ -1,17 +1,93 @@
-"""The benchmark harness runs every implementation on the same step and reports ratios."""
+"""The timing harness measures every implementation on the same step; the campaign scripts in
+benchmarks/ turn its numbers into targets, verdicts and reports."""
 
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import jax
 import pytest
 
 from gru_research import bench
 
-TINY = bench.BenchConfig("tiny", batch=2, length=6, embed=4, hidden=8, vocab=7)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = bench.BenchConfig("small", batch=2, length=6, embed=4, hidden=8, vocab=7)
+FORBIDDEN = re.compile(r"issue|session|\blent\b|this machine", re.IGNORECASE)
+
+
+def positive_finite(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    """benchmarks/campaign.py and benchmarks/feng_speed.py, imported as their command runs them
+    (with benchmarks/ first on the path, for benchmarks/common.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))
+        yield SimpleNamespace(
+            campaign=importlib.import_module("campaign"),
+            feng_speed=importlib.import_module("feng_speed"),
+        )
+
+
+@pytest.fixture(scope="module")
+def measured(scripts):
+    """The campaign's measurements at a tiny scale: one configuration, T = 4 and 8."""
+    with pytest.MonkeyPatch.context() as patch:
+        curves = {k: v for k, v in bench.LENGTH_CURVES.items() if "torch" not in k}
+        patch.setattr(bench, "LENGTH_CURVES", curves)
+        return scripts.campaign.measure(
+            [TINY], rounds=1, seed_counts=[1, 2, 8], lengths=[4, 8], small=TINY, remat_length=16
+        )
+
+
+def table_rows(text: str, heading: str) -> list[dict[str, str]]:
+    """The rows of the markdown table under ``heading``, keyed by its header."""
+    section = text.split(f"{heading}\n", 1)[1]
+    lines = section[section.index("\n|") + 1 :].split("\n\n")[0].splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [
+        dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        for line in lines[2:]
+    ]
+
+
+def leading_number(text: str) -> float:
+    return float(re.match(r"[≥≤]?\s*(-?[\d,.]+)", text).group(1).replace(",", ""))
+
+
+def assert_verdicts_match_numbers(rows: list[dict[str, str]]) -> None:
+    """Every measured target's verdict follows from the number and the goal it prints."""
+    for row in rows:
+        if row["verdict"] == "**not measured**":
+            assert row["measured"].startswith("not measured"), row
+            continue
+        value, goal = leading_number(row["measured"]), leading_number(row["goal"])
+        met = value <= goal if row["goal"].startswith("≤") else value >= goal
+        assert row["verdict"] == ("**held**" if met else "**not held**"), row
+
+
+# ---------------------------------------------------------------------------------------------
+# the harness
+
+
+def test_named_configs_name_the_valid_ones():
+    assert [c.name for c in bench.named_configs("long,small")] == ["long", "small"]
+    for bad in ("huge", "small,huge", ""):
+        with pytest.raises(ValueError, match="valid: small, medium, long"):
+            bench.named_configs(bad)
 
 
 @pytest.mark.slow
-def test_every_implementation_trains_and_reports():
-    timings = bench.compare(TINY, rounds=1)
-    rows = bench.timing_rows(timings)
-    names = [row.split("|")[3].strip() for row in rows if row.split("|")[2].strip() != "min_gru"]
+def test_every_implementation_trains_and_reports(measured):
+    timings = measured.timings
+    records = bench.timing_records(timings)
+    names = [r["implementation"] for r in records if r["group"] != "min_gru"]
     assert "gru-research gru" in names and "flax nn.RNN(GRUCell)" in names
     assert "flax nn.RNN(OptimizedLSTMCell)" in names and "flax nn.RNN(MGUCell)" in names
     assert {t.name for t in timings if t.group == "min_gru"} == {
@@ -21,64 +97,264 @@ def test_every_implementation_trains_and_reports():
         "gru-research gru",
     }
     assert len(names) == len(set(names))
-    for row in rows:
-        cells = [c.strip() for c in row.split("|")[1:-1]]
-        assert float(cells[3].replace(",", "")) > 0 and float(cells[4]) > 0
+    first = {}
+    for t, record in zip(timings, records, strict=True):
+        assert positive_finite(t.seconds) and t.compile_s > 0
+        assert record["tokens/s"] == round(TINY.batch * TINY.length / t.seconds) > 0
+        assert record["ms/step"] == pytest.approx(t.seconds * 1e3)
+        reference = first.setdefault(t.group, t.seconds)
+        assert record["vs first"] == pytest.approx(t.seconds / reference)
+        if not t.name.startswith("torch"):
+            assert t.memory_bytes > 0 and record["MiB"] == pytest.approx(t.memory_bytes / 2**20)
+    assert all(records[i]["vs first"] == 1.0 for i in (0, len(records) - 4))
 
 
 @pytest.mark.slow
-def test_seed_scaling_and_targets():
-    speed_ups = bench.seed_scaling(TINY, [1, 2, 8], rounds=1)
-    assert speed_ups[1] == 1.0 and speed_ups[2] > 0 and speed_ups[8] > 0
-    timings = [
-        bench.Timing("small", "gru", "gru-research gru", 1.0, 100, 1.0, None),
-        bench.Timing("small", "gru", "flax nn.RNN(GRUCell)", 2.0, 100, 1.0, None),
-    ]
-    rows = bench.targets(timings, speed_ups, None, compile_2_layers=3.0)
-    flax_row = next(r for r in rows if "small: gru-research gru vs flax" in r)
-    assert "2.00x" in flax_row and "| met |" in flax_row
-    assert any("torch nn.GRU" in r and "not measured" in r for r in rows)
-    assert any("compile time" in r and "met" in r for r in rows)
+def test_seed_scaling_remat_and_compile_time(measured):
+    speed_ups = measured.seed_speed_ups
+    assert set(speed_ups) == {1, 2, 8} and speed_ups[1] == 1.0
+    assert positive_finite(speed_ups[2]) and positive_finite(speed_ups[8])
+    remat = measured.remat
+    assert remat.length == 16 and 0 < remat.remat_bytes <= remat.plain_bytes
+    assert positive_finite(remat.remat_step_s)
+    assert positive_finite(measured.compile_2_layers_s)
 
 
 @pytest.mark.slow
-def test_length_scaling_and_plot(tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        bench, "LENGTH_CURVES", {k: v for k, v in bench.LENGTH_CURVES.items() if "torch" not in k}
-    )
-    curves = bench.length_scaling([4, 8], rounds=1)
-    assert set(curves["gru-research gru"]) == {4, 8}
-    bench.plot(curves, {1: 1.0, 2: 1.5}, tmp_path / "b.png")
+def test_length_scaling_and_plot(measured, scripts, tmp_path):
+    curves = measured.length_curves
+    assert "torch nn.GRU" not in curves and len(curves) == 4
+    for curve in curves.values():
+        assert set(curve) == {4, 8} and all(positive_finite(s) for s in curve.values())
+    scripts.campaign.plot(curves, measured.seed_speed_ups, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_torch_anchor_when_installed(cell):
     pytest.importorskip("torch")
-    step = bench.torch_anchor(TINY, cell)
+    step = bench.torch_anchor(bench.BenchConfig("tiny", 2, 6, 4, 8, 7), cell)
     step.run()
-    assert step.name.startswith("torch nn.")
+    assert step.name.startswith("torch nn.") and step.compile_s > 0
 
 
 @pytest.mark.slow
-def test_profile_splits_the_step_into_phases():
-    rows = bench.profile(TINY, rounds=1)
-    assert [r.split("|")[2].strip() for r in rows] == ["gru-research gru", "flax nn.RNN(GRUCell)"]
-    for row in rows:
-        assert float(row.split("|")[-2]) > 0
+def test_profile_splits_the_step_into_phases(measured, scripts):
+    phases = measured.phases["small"]
+    assert list(phases) == ["gru-research gru", "flax nn.RNN(GRUCell)"]
+    for times in phases.values():
+        assert list(times) == list(bench.PHASES)
+        assert all(positive_finite(s) for s in times.values())
+    rows = scripts.campaign.phase_rows(measured.phases)
+    for row, times in zip(rows, phases.values(), strict=True):
+        forward, with_backward, whole = (times[p] * 1e3 for p in bench.PHASES)
+        assert row["forward"] == pytest.approx(forward)
+        assert row["backward"] == pytest.approx(with_backward - forward)
+        assert row["whole step"] == pytest.approx(whole)
+
+
+# ---------------------------------------------------------------------------------------------
+# the campaign (benchmarks/campaign.py)
 
 
 @pytest.mark.slow
-def test_feng_speed_claim_table_and_verdicts():
-    rows = bench.speed_claim([4, 8], batch=2, rounds=1)
-    assert [r["length"] for r in rows] == [4, 8]
-    assert all(r["gru s"] > 0 and r["min_gru parallel bytes"] > 0 for r in rows)
-    text = bench.speed_claim_report(rows, batch=2, rounds=1, command="cmd")
-    assert "| 4 |" in text and "| 8 |" in text and "**not measured**" in text
-    fake = [
-        {"length": t, "gru s": g, "min_gru parallel s": 1.0, "min_gru sequential s": 1.0}
-        | {"gru bytes": 100, "min_gru parallel bytes": 150, "min_gru sequential bytes": 90}
-        for t, g in [(4, 2.0), (8, 3.0)]
+def test_campaign_report_verdicts_match_its_numbers(measured, scripts):
+    backend = jax.default_backend()
+    text = scripts.campaign.render(measured, "python benchmarks/campaign.py", backend, "b.png")
+    assert text.startswith("# Training-step benchmarks\n") and "![scaling](b.png)" in text
+    assert not FORBIDDEN.search(text)
+    rows = table_rows(text, "## Speed targets")
+    assert_verdicts_match_numbers(rows)
+    gpu_rows = [r for r in rows if r["target"].endswith("on a GPU")]
+    assert len(gpu_rows) == 3
+    if backend != "gpu":
+        wording = f"not measured on this backend ({backend})"
+        assert all(r["measured"] == wording for r in gpu_rows)
+    medium = [r for r in rows if r["target"].startswith("medium:")]
+    assert len(medium) == 4
+    assert all(r["measured"] == "not measured: configuration medium was not run" for r in medium)
+    compile_row = next(r for r in rows if "compile time" in r["target"])
+    assert leading_number(compile_row["measured"]) == pytest.approx(
+        measured.compile_2_layers_s, abs=0.005
+    )
+    implementations = table_rows(text, "## Every implementation")
+    assert len(implementations) == len(measured.timings)
+
+
+def fake_measurements(scripts) -> object:
+    """Measurements with known numbers: throughputs 2× Flax's, the long min_gru group."""
+
+    def timing(config: str, group: str, name: str, seconds: float) -> bench.Timing:
+        return bench.Timing(config, group, name, seconds, 100, 1.0, None)
+
+    long = [
+        ("gru-research min_gru (sequential scan)", 1.0),
+        ("gru-research min_gru (parallel scan)", 0.25),
+        ("gru-research min_gru", 0.26),
+        ("gru-research gru", 2.0),
     ]
-    verdicts = bench.speed_claim_report(fake, batch=2, rounds=1, command="cmd")
+    return scripts.campaign.Measurements(
+        configs={"small": bench.CONFIGS["small"], "long": bench.CONFIGS["long"]},
+        rounds=1,
+        timings=[
+            timing("small", "gru", "gru-research gru", 1.0),
+            timing("small", "gru", "flax nn.RNN(GRUCell)", 2.0),
+            *(timing("long", "min_gru", name, s) for name, s in long),
+        ],
+        seed_speed_ups={1: 1.0, 8: 6.0},
+        length_curves={"gru-research gru": {4: 1e-3, 8: 2e-3}},
+        phases={},
+        remat=bench.RematMemory(10_000, 2 * 2**30, 2**30, 0.5),
+        compile_2_layers_s=3.0,
+        wall_s=60.0,
+    )
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_speed_targets_from_known_numbers(scripts, backend):
+    text = scripts.campaign.render(fake_measurements(scripts), "cmd", backend)
+    assert not FORBIDDEN.search(text)
+    rows = {r["target"]: r for r in table_rows(text, "## Speed targets")}
+    assert_verdicts_match_numbers(list(rows.values()))
+    flax = rows["small: gru-research gru vs flax nn.RNN(GRUCell), training-step throughput"]
+    assert flax["measured"] == "2.00×" and flax["verdict"] == "**held**"
+    torch = rows["small: gru-research gru vs torch nn.GRU, training-step throughput"]
+    assert torch["measured"] == "not measured: no torch nn.GRU step (torch is not installed)"
+    lstm = rows["small: gru-research lstm vs torch nn.LSTM, training-step throughput"]
+    assert lstm["measured"].startswith("not measured: no gru-research lstm step")
+    auto = rows[
+        "long (T = 4096): gru-research min_gru vs gru-research gru, training-step throughput"
+    ]
+    assert auto["measured"] == "7.69×" and auto["verdict"] == "**held**"
+    assert rows["small, 2 layers: gru-research gru's compile time"]["verdict"] == "**held**"
+    remat = next(r for t, r in rows.items() if t.startswith("T = 10,000"))
+    assert remat["measured"].startswith("1.00 GiB (remat off: 2.00 GiB")
+    own, other = ("on a GPU", "on a CPU") if backend == "gpu" else ("on a CPU", "on a GPU")
+    for target, row in rows.items():
+        if target.endswith(other):
+            assert row["measured"] == f"not measured on this backend ({backend})"
+            assert row["verdict"] == "**not measured**"
+        elif target.endswith(own):
+            assert row["verdict"] in ("**held**", "**not held**")
+    slack = rows[f"long: min_gru's auto scan, step time over the better explicit scan's, {own}"]
+    assert slack["measured"] == "1.04×" and slack["verdict"] == "**held**"
+    seeds = next(r for t, r in rows.items() if t.startswith("small: 8 seeds") and t.endswith(own))
+    assert seeds["measured"] == "6.00×" and seeds["verdict"] == "**held**"
+    if backend == "gpu":
+        scans = rows["long: min_gru parallel scan vs sequential scan, on a GPU"]
+        assert scans["measured"] == "4.00×" and scans["verdict"] == "**held**"
+
+
+def test_campaign_command_writes_report_and_plot(scripts, monkeypatch, tmp_path, capsys):
+    fake = fake_measurements(scripts)
+    monkeypatch.setattr(scripts.campaign, "measure", lambda *args, **kwargs: fake)
+    out = tmp_path / "results" / "benchmarks.md"
+    assert (
+        scripts.campaign.main(["--configs", "small,long", "--rounds", "1", "--out", str(out)]) == 0
+    )
+    text = out.read_text()
+    assert "- command: `python benchmarks/campaign.py --configs small,long --rounds 1" in text
+    assert "![scaling](benchmarks.png)" in text and out.with_suffix(".png").stat().st_size > 0
+    assert capsys.readouterr().out == text
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "names"),
+    [
+        ("campaign", ["--configs", "small,huge"], "valid: small, medium, long"),
+        ("campaign", ["--seeds", "1,x"], "positive integers"),
+        ("campaign", ["--rounds", "0"], "positive integer"),
+        ("feng_speed", ["--lengths", "0,64"], "positive integers"),
+        ("feng_speed", ["--batch", "none"], "positive integer"),
+    ],
+)
+def test_scripts_reject_bad_input_in_one_line(scripts, capsys, script, argv, names):
+    with pytest.raises(SystemExit) as exit_:
+        getattr(scripts, script).main(argv)
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and error.count("\n") == 1 and names in error
+
+
+# ---------------------------------------------------------------------------------------------
+# Feng et al. (2024)'s speed claim (benchmarks/feng_speed.py)
+
+
+def fake_points(gru_seconds: list[tuple[int, float]]) -> list[bench.ScanSpeed]:
+    return [bench.ScanSpeed(t, g, 1.0, 1.0, 100, 150, 90) for t, g in gru_seconds]
+
+
+@pytest.mark.slow
+def test_feng_speed_claim_table_and_verdicts(scripts):
+    points = bench.scan_speed([4, 8], batch=2, rounds=1)
+    assert [p.length for p in points] == [4, 8]
+    for p in points:
+        assert all(positive_finite(s) for s in (p.gru_s, p.parallel_s, p.sequential_s))
+        assert min(p.gru_bytes, p.parallel_bytes, p.sequential_bytes) > 0
+    render = scripts.feng_speed.render
+    text = render(points, batch=2, rounds=1, command="cmd", backend="cpu", device_kind="cpu")
+    assert text.startswith("# feng2024_speed\n") and "docs/papers.md §5" in text
+    assert not FORBIDDEN.search(text)
+    assert "| 4 |" in text and "| 8 |" in text and "**not measured**" in text
+    assert "not measured on this backend (cpu)" in text
+    claims = table_rows(text, "## Claims at this scale")
+    ups = [p.gru_s / p.parallel_s for p in points]
+    assert claims[0]["figures"] == ", ".join(f"{s:.2f}×" for s in ups)
+    monotone = ups[1] >= ups[0]
+    assert claims[0]["verdict"] == ("**held**" if monotone else "**not held**")
+
+    verdicts = render(fake_points([(4, 2.0), (8, 3.0)]), 2, 1, "cmd", "cpu", "cpu")
     assert verdicts.count("**held**") == 2 and "2.00×, 3.00×" in verdicts
+
+
+def test_feng_speed_magnitudes_only_on_a_gpu(scripts):
+    claim = scripts.feng_speed.magnitude_claim
+    points = fake_points([(512, 100.0), (4096, 700.0)])
+    assert claim(points, "cpu")[1:] == (
+        "not measured",
+        "GPU numbers; not measured on this backend (cpu)",
+    )
+    assert claim(points, "gpu")[1] == "held"
+    assert claim(fake_points([(512, 80.0), (4096, 700.0)]), "gpu")[1] == "not held"
+    assert claim(fake_points([(64, 1.0)]), "gpu")[1] == "no data"
+    text = scripts.feng_speed.render(points, 64, 3, "cmd", "gpu", "NVIDIA H200")
+    assert "These are GPU ratios, measured on NVIDIA H200." in text
+    assert "T = 512: 100.0× (paper 175×), T = 4096: 700.0× (paper 1,324×)" in text
+
+
+def test_feng_speed_command_writes_its_report(scripts, monkeypatch, tmp_path):
+    monkeypatch.setattr(
+        bench, "scan_speed", lambda lengths, *_: fake_points([(t, 2.0) for t in lengths])
+    )
+    out = tmp_path / "report.md"
+    assert scripts.feng_speed.main(["--lengths", "64,128", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "- command: `python benchmarks/feng_speed.py --lengths 64,128 --batch 64" in text
+    assert "T = 64 … 128, batch 64" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# gru-research bench
+
+
+def test_cli_bench_prints_one_timing_table(scripts, monkeypatch, tmp_path, capsys):
+    from gru_research.cli import main as cli_main
+
+    timings = fake_measurements(scripts).timings
+    monkeypatch.setattr(bench, "compare", lambda cfg, rounds: timings)
+    out = tmp_path / "bench.md"
+    assert cli_main(["bench", "--configs", "small", "--rounds", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    header = "| config | group | implementation | tokens/s | ms/step | vs first | compile s | MiB |"
+    assert printed.startswith(header) and printed == out.read_text()
+    assert printed.count("\n") == 2 + len(timings) and "target" not in printed
+    assert "| small | gru | flax nn.RNN(GRUCell) | 50 | 2,000 | 2 | 1 | – |" in printed
+
+
+def test_cli_bench_rejects_bad_configs_in_one_line(capsys):
+    from gru_research.cli import main as cli_main
+
+    assert cli_main(["bench", "--configs", "huge"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "valid: small, medium, long" in error
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--feng-speed"])

@@ -13,9 +13,9 @@ import pytest
 from gru_research import gradflow
 from gru_research.cells import input_projection, step_from_projection
 from gru_research.gates import PRESETS, Candidate
-from gru_research.model import _apply_dense, init_model
+from gru_research.model import ModelConfig, apply_model, init_model
 from gru_research.tasks import make_task
-from gru_research.train import TrainConfig, train
+from gru_research.train import TrainConfig, load_run, train
 
 
 def _setup(cell: str, task_name: str = "copy", seq_len: int = 6, hidden: int = 5):
@@ -43,7 +43,8 @@ def _norms_one_step_at_a_time(model, task, params, inputs, targets):
         for pre_t in steps[t + 1 :]:
             carry = step_from_projection(layer, design, carry, pre_t)[0]
         h = carry[1] if design.family == "lstm" else carry
-        return gradflow.last_step_loss(task, _apply_dense(params["readout"], h)[:, None], targets)
+        logits = h @ params["readout"]["w"] + params["readout"]["b"]
+        return gradflow.last_step_loss(task, logits[:, None], targets)
 
     norms = []
     for t, carry_t in enumerate(carries):
@@ -102,10 +103,13 @@ def test_a_trained_checkpoint_loads_into_gradflow(tmp_path):
         batch_size=8,
     )
     train(config, tmp_path / "run", wandb_mode="disabled", progress=False)
-    loaded, task, model, params = gradflow.trained_population(tmp_path / "run")
+    loaded, task, model, params = load_run(tmp_path / "run")
     assert loaded.cell == "gru" and jax.tree.leaves(params)[0].shape[0] == 2
     norms = gradflow.population_norms(params, model, task, jax.random.key(0), 4)
     assert norms["h"].shape == (2, 10) and np.all(np.isfinite(norms["h"]))
+    np.testing.assert_array_equal(
+        gradflow.run_curves(tmp_path / "run", 4, jax.random.key(0))["h"], norms["h"]
+    )
     result = subprocess.run(
         [
             sys.executable,
@@ -124,9 +128,41 @@ def test_a_trained_checkpoint_loads_into_gradflow(tmp_path):
     assert "gru (trained, run)" in (tmp_path / "flow" / "gradflow.csv").read_text()
 
 
-def test_gradflow_refuses_deep_models():
-    config = TrainConfig(task="adding", seq_len=10, layers=2, hidden=4)
+@pytest.mark.parametrize("block", ["plain", "residual"])
+def test_deep_models_one_gradient_per_step_for_every_layer(block):
+    """Each layer's curve of a 2-layer model equals a separate jax.grad of an offset at step t
+    alone, through the whole model."""
+    model = ModelConfig(
+        cell="lstm", vocab_size=6, hidden_size=4, output_size=6, num_layers=2, block=block
+    )
+    task = make_task(TrainConfig(task="copy", seq_len=3).task_config())
+    model = dataclasses.replace(model, vocab_size=task.vocab_size, output_size=task.output_size)
+    params = init_model(jax.random.key(2), model)
+    inputs, targets = task.sample(task.data, jax.random.key(3), 2)
+    length = inputs.shape[1]
+    for layer in range(2):
+        curve = gradflow.gradient_norms(params, model, task, inputs, targets, layer)["h"]
+
+        def loss_with(offset_h, t, layer=layer):
+            h = jnp.zeros((2, length, 4)).at[:, t].set(offset_h)
+            offsets = [None, None]
+            offsets[layer] = (jnp.zeros((2, length, 4)), h)
+            outputs, _ = apply_model(params, model, inputs, carry_offsets=offsets)
+            return gradflow.last_step_loss(task, outputs, targets)
+
+        expected = [
+            jnp.linalg.norm(jax.grad(loss_with)(jnp.zeros((2, 4)), t), axis=-1).mean()
+            for t in range(length)
+        ]
+        np.testing.assert_allclose(curve, jnp.stack(expected), rtol=1e-4, atol=1e-8)
+        assert float(curve[-1]) > 0
+
+
+def test_gradflow_refuses_bidirectional_models():
+    config = TrainConfig(task="adding", seq_len=10, bidirectional="concat", hidden=4)
     task = make_task(config.task_config())
     model = config.model_config(task)
-    with pytest.raises(ValueError, match="one plain"):
-        gradflow.population_norms(None, model, task, jax.random.key(0), 2)
+    params = init_model(jax.random.key(0), model)
+    inputs, targets = task.sample(task.data, jax.random.key(1), 2)
+    with pytest.raises(ValueError, match="forward layers"):
+        gradflow.gradient_norms(params, model, task, inputs, targets)

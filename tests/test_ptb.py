@@ -1,10 +1,14 @@
 """Penn Treebank: the files, the tokenisation, and the classic stateful training protocol.
 
-Counts and checksums use the full files in ``../shared/data/ptb``; the training mechanics use
-slices of them (checks off). Both skip with a reason where the folder is absent.
+Counts and checksums use the full files in ``ptb/`` of the data root (``$GRU_RESEARCH_DATA``,
+else ``../shared/data`` beside the checkout); the training mechanics use slices of them (checks
+off). Both skip with a reason where the files are absent.
 """
 
 import dataclasses
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +20,12 @@ import pytest
 
 from gru_research.tasks import make_task
 from gru_research.tasks.ptb import char_tokens, frequency_vocabulary, ptb_splits, word_tokens
-from gru_research.train import TrainConfig, build_program, learning_rate, resolve_epochs
+from gru_research.train import TrainConfig, build_program, learning_rate, resolve_epochs, train
 
-PTB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ptb"
+DATA_ROOT = Path(
+    os.environ.get("GRU_RESEARCH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+PTB_DIR = DATA_ROOT / "ptb"
 needs_ptb = pytest.mark.skipif(
     not (PTB_DIR / "ptb.train.txt").is_file(), reason=f"no Penn Treebank files at {PTB_DIR}"
 )
@@ -86,6 +93,42 @@ def test_a_missing_or_changed_file_is_one_clear_error_and_no_run_folder(tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "ptb.valid.txt" in lines[0]
     assert ("missing" if damage == "missing" else "differs from the standard one") in lines[0]
+
+
+def test_the_data_root_finds_ptb_by_name(ptb_slice, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    shutil.copytree(ptb_slice, root / "ptb")
+    monkeypatch.delenv("GRU_RESEARCH_DATA", raising=False)
+    by_root = make_task(_task_config(root))
+    by_folder = make_task(_task_config(root / "ptb"))  # the dataset's own folder works too
+    assert by_root.data_source == by_folder.data_source == str((root / "ptb").resolve())
+    np.testing.assert_array_equal(by_root.data["train"], by_folder.data["train"])
+    monkeypatch.setenv("GRU_RESEARCH_DATA", str(root))
+    by_variable = make_task(dataclasses.replace(_task_config(root), data_dir=None))
+    assert by_variable.data_source == by_root.data_source
+    monkeypatch.delenv("GRU_RESEARCH_DATA")
+    with pytest.raises(ValueError, match="--data-dir ROOT .* GRU_RESEARCH_DATA") as err:
+        make_task(dataclasses.replace(_task_config(root), data_dir=None))
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_moving_the_data_never_blocks_a_resume(ptb_slice, tmp_path):
+    """The data's path is provenance (config.json records it), not part of a run's identity."""
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    shutil.copytree(ptb_slice, first / "ptb")
+    config = TrainConfig(
+        task="lm", corpus="ptb", data_dir=str(first), data_checks=False, hidden=8, seq_len=10,
+        batch_size=4, steps=20, log_every=10, eval_every=10, checkpoint_every=10,
+    )  # fmt: skip
+    run = tmp_path / "run"
+    assert train(config, run, wandb_mode="disabled", stop_after=10) == {"stopped_at": 10}
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["task"]["data_source"] == str((first / "ptb").resolve())
+    first.rename(moved)
+    summary = train(dataclasses.replace(config, data_dir=str(moved)), run, wandb_mode="disabled")
+    assert summary["steps"] == 20 and summary["diverged"] == []
+    assert {"loss", "bits_per_token", "perplexity"} <= summary["final"].keys()
+    assert "bpc" not in summary["final"]  # words, not characters
 
 
 def _stateful_config(**changes) -> TrainConfig:

@@ -198,7 +198,8 @@ def test_table_statistics_on_runs_of_known_values(tmp_path):
     paper = [{"cell": "lstm", "seq_len": 10, "value": 0.25}]
     table = build_table(load_runs(tmp_path), "loss", reference="gru", paper=paper)
     assert table.column_keys == ["task", "seq_len"]
-    gru10, lstm10 = table.cells[(("gru",), ("copy", 10))], table.cells[(("lstm",), ("copy", 10))]
+    gru10 = table.entries[(("gru",), ("copy", 10))]
+    lstm10 = table.entries[(("lstm",), ("copy", 10))]
     assert gru10.mean == pytest.approx(0.12) and gru10.std == pytest.approx(0.02)
     assert len(gru10.values) == 3 and gru10.diverged == 0
     assert lstm10.mean == pytest.approx(0.30) and len(lstm10.values) == 3
@@ -206,7 +207,7 @@ def test_table_statistics_on_runs_of_known_values(tmp_path):
     expected_p = stats.ttest_ind([0.30, 0.31, 0.29], [0.10, 0.12, 0.14], equal_var=False).pvalue
     assert lstm10.p_value == pytest.approx(expected_p) and expected_p < 0.05
     assert gru10.best and not lstm10.best
-    assert table.cells[(("lstm",), ("copy", 50))].best
+    assert table.entries[(("lstm",), ("copy", 50))].best
     markdown = to_markdown(table)
     assert "**0.1200 ± 0.02** (n=3)" in markdown
     assert "0.3000 ± 0.01 (n=3, 1 div.) * [paper: 0.25]" in markdown

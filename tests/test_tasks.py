@@ -197,10 +197,13 @@ def test_contiguous_windows_cover_every_target_once(length):
 def test_lm_metrics_skip_padding():
     logits = jnp.zeros((2, 4, 5))
     targets = jnp.array([[0, 1, 2, 3], [4, IGNORED_TARGET, IGNORED_TARGET, IGNORED_TARGET]])
-    metrics = lm_module.lm_metrics(logits.at[1, 1:].set(jnp.nan), targets)
+    metrics = lm_module.lm_metrics(logits.at[1, 1:].set(jnp.nan), targets, characters=True)
     assert float(metrics["loss"]) == pytest.approx(math.log(5))
     assert float(metrics["bpc"]) == pytest.approx(math.log2(5))
+    assert float(metrics["bits_per_token"]) == pytest.approx(math.log2(5))
     assert float(metrics["perplexity"]) == pytest.approx(5.0)
+    words = lm_module.lm_metrics(logits, targets, characters=False)  # bits per word, no "bpc"
+    assert set(words) == {"loss", "bits_per_token", "perplexity"}
 
 
 def test_encode_maps_unseen_characters_to_the_unknown_id():
@@ -231,7 +234,7 @@ def test_lm_text_file(small_text_file):
     assert task.vocabulary == tuple(sorted("abcde \n"))
     assert task.vocab_size == task.output_size == 8  # 7 characters + unknown
     assert task.data["train"].shape == (2_700,)
-    assert set(task.baseline) == {"loss", "bpc", "perplexity", "bigram_loss"}
+    assert set(task.baseline) == {"loss", "bits_per_token", "bpc", "perplexity", "bigram_loss"}
     assert task.baseline["loss"] == pytest.approx(math.log(7), abs=0.05)
     assert task.baseline["bpc"] == pytest.approx(task.baseline["loss"] / math.log(2))
     test_ids = lm_module.encode(texts["test"], task.vocabulary)

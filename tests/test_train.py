@@ -89,6 +89,63 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert keys == [(r["step"], r["seed"], r["split"]) for r in read_metrics(tmp_path / "whole")]
 
 
+def test_an_error_mid_training_keeps_the_run_folder_and_resumes(tmp_path, monkeypatch):
+    """An error raised after training has started removes nothing: the folder, its config and
+    its last checkpoint stay, and the same command resumes from them."""
+    import gru_research.train as train_module
+
+    config = TrainConfig(**SMALL, steps=30)
+    evaluate, calls = train_module.evaluate, []
+
+    def failing_at_step_20(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the validation at step 20, after the checkpoint of step 10
+            raise ValueError("a fault mid-training")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", failing_at_step_20)
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="mid-training"):
+        train(config, run, wandb_mode="disabled")
+    assert (run / "config.json").is_file() and (run / "checkpoints" / "10").is_dir()
+    assert max(r["step"] for r in read_metrics(run) if r["split"] == "validation") == 10
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    resumed = train(config, run, wandb_mode="disabled")
+    whole = train(config, tmp_path / "whole", wandb_mode="disabled")
+    for name, values in whole["final"].items():
+        np.testing.assert_allclose(resumed["final"][name], values, rtol=1e-5, atol=1e-7)
+    keys = [(r["step"], r["seed"], r["split"]) for r in read_metrics(run)]
+    assert keys == [(r["step"], r["seed"], r["split"]) for r in read_metrics(tmp_path / "whole")]
+
+
+def test_the_chunk_does_not_depend_on_the_step_count(tmp_path):
+    from gru_research.train import chunk_length
+
+    for steps in (1000, 1001, 7):
+        config = TrainConfig(steps=steps, log_every=50, eval_every=250, checkpoint_every=500)
+        assert chunk_length(config) == 50
+    run = tmp_path / "run"
+    summary = train(TrainConfig(**SMALL, steps=13), run, wandb_mode="disabled")
+    assert summary["steps"] == 13
+    steps = {split: [r["step"] for r in read_metrics(run) if r["split"] == split] for split in
+             ("train", "validation", "test")}  # fmt: skip
+    assert steps == {"train": [5, 10, 13], "validation": [10, 13], "test": [13]}
+    assert (run / "checkpoints" / "13").is_dir()
+
+
+def test_a_folder_without_a_checkpoint_is_replaced_by_another_config(tmp_path, capfd):
+    run = tmp_path / "run"
+    assert train(TrainConfig(**SMALL, steps=20), run, wandb_mode="disabled", stop_after=5) == {
+        "stopped_at": 5
+    }
+    assert not (run / "checkpoints" / "5").exists()
+    summary = train(TrainConfig(**{**SMALL, "hidden": 9}, steps=10), run, wandb_mode="disabled")
+    assert summary["steps"] == 10
+    assert json.loads((run / "config.json").read_text())["run"]["hidden"] == 9
+    lines = [line for line in capfd.readouterr().err.splitlines() if "replacing" in line]
+    assert len(lines) == 1 and "no checkpoint yet" in lines[0] and "hidden" in lines[0]
+
+
 def poison_seed(index: int):
     def transform(state):
         params = jax.tree.map(lambda v: v.at[index].set(jnp.nan), state["params"])
@@ -241,15 +298,9 @@ def test_copy_T20_gru_4_seeds_learns_through_the_cli(tmp_path):
     assert all(v < baseline / 2 for v in final), final
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TINY_SHAKESPEARE = SHARED / "data" / "tiny_shakespeare"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not TINY_SHAKESPEARE.exists(), reason="../shared/data is absent (a user's clone)"
-)
 def test_lm_on_tfds_tiny_shakespeare_learns_offline(tmp_path):
+    """The shipped copy of tiny_shakespeare, through the real TFDS builder, with no network."""
     cli(
         "train",
         "--task",
@@ -270,8 +321,6 @@ def test_lm_on_tfds_tiny_shakespeare_learns_offline(tmp_path):
         "3e-3",
         "--eval-every",
         "300",
-        "--tfds-manual-dir",
-        str(TINY_SHAKESPEARE),
         "--tfds-data-dir",
         str(tmp_path / "tfds"),
         "--out",
@@ -284,6 +333,7 @@ def test_lm_on_tfds_tiny_shakespeare_learns_offline(tmp_path):
     validation = [r for r in records if r["split"] == "validation"]
     assert len(validation) == 2
     assert all(r["bpc"] < 3.0 for r in validation), validation
+    assert all(r["bits_per_token"] == r["bpc"] for r in validation)
     assert all(r["perplexity"] == pytest.approx(math.exp(r["loss"]), rel=1e-4) for r in validation)
 
 

