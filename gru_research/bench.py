@@ -37,15 +37,15 @@ class BenchConfig:
     batch: int
     length: int
     embed: int
-    hidden: int
+    hidden_size: int
     vocab: int = 64
     layers: int = 1
 
 
 CONFIGS = {
-    "small": BenchConfig("small", batch=32, length=100, embed=64, hidden=128),
-    "medium": BenchConfig("medium", batch=64, length=200, embed=128, hidden=256),
-    "long": BenchConfig("long", batch=8, length=4096, embed=128, hidden=128),
+    "small": BenchConfig("small", batch=32, length=100, embed=64, hidden_size=128),
+    "medium": BenchConfig("medium", batch=64, length=200, embed=128, hidden_size=256),
+    "long": BenchConfig("long", batch=8, length=4096, embed=128, hidden_size=128),
 }
 
 
@@ -115,7 +115,7 @@ def bench_model(cfg: BenchConfig, cell: str, scan: str = "auto", **options: Any)
         cell=cell,
         vocab_size=cfg.vocab,
         embed_size=cfg.embed,
-        hidden_size=cfg.hidden,
+        hidden_size=cfg.hidden_size,
         output_size=cfg.vocab,
         num_layers=cfg.layers,
         scan=scan,
@@ -155,7 +155,7 @@ class FlaxModel(nn.Module):
     def __call__(self, tokens):
         x = nn.Embed(self.cfg.vocab, self.cfg.embed)(tokens)
         for _ in range(self.cfg.layers):
-            x = nn.RNN(self.cell(features=self.cfg.hidden))(x)
+            x = nn.RNN(self.cell(features=self.cfg.hidden_size))(x)
         return nn.Dense(self.cfg.vocab)(x)
 
 
@@ -187,8 +187,8 @@ def torch_anchor(cfg: BenchConfig, cell: str) -> Step | None:
     device = _torch_device(torch)
     rnn_class = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
     embed = torch.nn.Embedding(cfg.vocab, cfg.embed)
-    rnn = rnn_class(cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True)
-    readout = torch.nn.Linear(cfg.hidden, cfg.vocab)
+    rnn = rnn_class(cfg.embed, cfg.hidden_size, num_layers=cfg.layers, batch_first=True)
+    readout = torch.nn.Linear(cfg.hidden_size, cfg.vocab)
     modules = torch.nn.ModuleList([embed, rnn, readout]).to(device)
     optimizer = torch.optim.Adam(modules.parameters(), lr=1e-3)
     tokens = torch.as_tensor(_tokens(cfg)).to(device)
@@ -329,7 +329,7 @@ LENGTH_CURVES = {
 
 def length_config(length: int, batch: int = 8) -> BenchConfig:
     """The long configuration's shapes (H = 128) at another length T."""
-    return BenchConfig(f"T={length}", batch=batch, length=length, embed=128, hidden=128)
+    return BenchConfig(f"T={length}", batch=batch, length=length, embed=128, hidden_size=128)
 
 
 def length_scaling(lengths: list[int], rounds: int) -> dict[str, dict[int, float]]:

@@ -11,7 +11,7 @@ Gate keys are ``z``, ``r`` and the candidate ``h`` (GRU family) or ``i``, ``f``,
 candidate ``g`` (LSTM family). The fast path never calls a step on raw inputs: it hoists
 :func:`input_projection` of the whole sequence out of the time loop, then runs
 :func:`recurrent_step` (state-reading designs; :func:`recurrent_update` is the step after its
-one fused matmul) or the linear recurrence of
+one fused matmul, and returns the gate values it used) or the linear recurrence of
 :func:`recurrence_coefficients` (the rest). :func:`cell_apply` is the Flax-style
 ``(carry, x) -> (carry, y)`` contract built from the same two pieces.
 """
@@ -276,7 +276,8 @@ def recurrent_step(
     hp = matmul(
         read_state(design, carry, h_mask), fused_recurrent_kernel(params, design), compute_dtype
     )
-    return recurrent_update(params, design, carry, pre, hp, h_mask, compute_dtype)
+    carry, _ = recurrent_update(params, design, carry, pre, hp, h_mask, compute_dtype)
+    return carry, hidden_state(design, carry)
 
 
 def recurrent_update(
@@ -287,27 +288,13 @@ def recurrent_update(
     hp: Array,
     h_mask: Array | None = None,
     compute_dtype=None,
-) -> tuple[Carry, Array]:
-    """The rest of a step once the fused recurrent matmul ``hp`` = h U (B, G·H) is known.
+) -> tuple[Carry, dict]:
+    """The rest of a step once the fused recurrent matmul ``hp`` = h U (B, G·H) is known: the
+    new carry, and the :func:`gate_values` the step used.
 
     Reads only the non-fused parameters (``c_h``, and ``U[candidate]`` of a reset-before GRU),
     which is what lets :func:`gru_research.scan.state_reading_scan` form the gradient of the
     fused kernel outside the time loop.
-    """
-    carry, _ = gated_update(params, design, carry, pre, hp, h_mask, compute_dtype)
-    return carry, hidden_state(design, carry)
-
-
-def gated_update(
-    params: Params,
-    design: GateDesign,
-    carry: Carry,
-    pre: Mapping[str, Array],
-    hp: Array,
-    h_mask: Array | None = None,
-    compute_dtype=None,
-) -> tuple[Carry, dict]:
-    """:func:`recurrent_update`'s new carry, and the :func:`gate_values` the step used.
 
     LSTM family: c' = f ⊙ c + i ⊙ φ(v_g), h' = o ⊙ ψ(c'). GRU family: h̃ = φ(v_h), with r
     applied before or after U_h; h' = (1 − z) ⊙ h̃ + z ⊙ h (``keep``) or

@@ -415,17 +415,17 @@ class GatedCell(nn.RNNCellBase):
     """One step ``(carry, x_t) -> (carry, y_t)`` of any design, usable inside ``nn.RNN``."""
 
     cell: str | GateDesign
-    features: int
+    hidden_size: int
 
     @nn.compact
     def __call__(self, carry: Carry, x: Array):
         design = get_design(self.cell)
-        params = self.param("layer", init_layer, design, x.shape[-1], self.features)
+        params = self.param("layer", init_layer, design, x.shape[-1], self.hidden_size)
         return cell_apply(params, design, carry, x)
 
     @nn.nowrap
     def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
-        return zero_carry(get_design(self.cell), tuple(input_shape[:-1]), self.features)
+        return zero_carry(get_design(self.cell), tuple(input_shape[:-1]), self.hidden_size)
 
     @property
     def num_feature_axes(self) -> int:

@@ -38,7 +38,6 @@ from gru_research.cells import (
     Carry,
     Params,
     fused_recurrent_kernel,
-    gated_update,
     hidden_state,
     initial_carry,
     input_projection,
@@ -47,6 +46,7 @@ from gru_research.cells import (
     output_from_states,
     read_state,
     recurrence_coefficients,
+    recurrent_update,
 )
 from gru_research.config import SCAN_KINDS
 from gru_research.gates import GateDesign
@@ -292,7 +292,7 @@ def state_reading_scan(
     element-wise update. Backward (a ``jax.custom_vjp``, as cuDNN does it): a reverse scan
     collects each step's gradient with respect to h U, and the gradient of U is formed after
     it as *one* (H, T·B) × (T·B, G·H) matmul instead of T small ones accumulated in the loop
-    (docs/design.md §4). Equal to JAX's own gradient of the plain scan (tests/test_speed.py).
+    (docs/design.md §4). Equal to JAX's own gradient of the plain scan (tests/test_fast_paths.py).
     ``valid`` and ``restart`` are the (T, B, 1) masks of :func:`step_masks`, None when there
     are none; ``offsets`` (time-major) are inputs of the loop like ``pre``, so the custom
     backward differentiates them too. ``trace`` runs the plain scan (JAX's own gradient) and
@@ -316,7 +316,7 @@ def state_reading_scan(
 
     def step(consts, c, hp, x):
         pre_t, valid_t, restart_t, offset_t = x
-        c_new, gates = gated_update(
+        c_new, gates = recurrent_update(
             consts["params"],
             design,
             restarted(consts, c, restart_t),

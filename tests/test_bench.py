@@ -15,7 +15,7 @@ import pytest
 from gru_research import bench
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-TINY = bench.BenchConfig("small", batch=2, length=6, embed=4, hidden=8, vocab=7)
+TINY = bench.BenchConfig("small", batch=2, length=6, embed=4, hidden_size=8, vocab=7)
 FORBIDDEN = re.compile(r"issue|session|\blent\b|this machine", re.IGNORECASE)
 
 

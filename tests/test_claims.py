@@ -29,7 +29,7 @@ def test_closed_form_parameter_counts_equal_the_counted_ones(sizes):
 
 
 def test_equal_param_hidden_is_the_largest_lstm_within_the_gru_budget():
-    cfg = BenchConfig("t", batch=2, length=3, embed=16, hidden=40)
+    cfg = BenchConfig("t", batch=2, length=3, embed=16, hidden_size=40)
     hidden = measure.equal_param_hidden(cfg)
     budget = model_param_count(bench_model(cfg, "gru"))
 

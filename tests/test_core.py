@@ -39,7 +39,7 @@ def random_carry(design: GateDesign, key, batch: int, hidden: int, positive: boo
     return (h, h[::-1]) if design.family == "lstm" else h
 
 
-@pytest.mark.parametrize("name", PARALLEL)
+@pytest.mark.parametrize("name", [pytest.param("min_gru", marks=pytest.mark.slow), *PARALLEL[1:]])
 @pytest.mark.parametrize("carried", [False, True])
 def test_parallel_scan_equals_sequential_at_T_1000(name, carried):
     design = PRESETS[name]
@@ -53,7 +53,9 @@ def test_parallel_scan_equals_sequential_at_T_1000(name, carried):
         assert rel_err(a, b) <= 1e-4
 
 
-@pytest.mark.parametrize("name", PARALLEL + ["gru"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("min_gru", marks=pytest.mark.slow), *PARALLEL[1:], "gru"]
+)
 def test_auto_scan_equals_explicit_choices(name):
     design = PRESETS[name]
     params = init_layer(jax.random.key(0), design, 5, 7)
@@ -178,7 +180,7 @@ def _loss(config: ModelConfig):
     return loss
 
 
-@pytest.mark.parametrize("block", ["plain", "residual"])
+@pytest.mark.parametrize("block", ["plain", pytest.param("residual", marks=pytest.mark.slow)])
 def test_vmapped_seeds_equal_separate_calls(block):
     config = ModelConfig(
         cell="gru", input_size=3, hidden_size=8, output_size=2, num_layers=2, block=block
@@ -255,7 +257,7 @@ def test_flax_modules_match_the_functional_form():
     assert rel_err(ys, run_layer(layer_vars["params"]["layer"], PRESETS["lstm"], xs)[0]) <= 1e-6
 
     for name in ["gru", "mgu", "min_gru", "lstm", "min_lstm"]:
-        rnn = nn.RNN(GatedCell(cell=name, features=5))
+        rnn = nn.RNN(GatedCell(cell=name, hidden_size=5))
         rnn_vars = rnn.init(jax.random.key(0), xs)
         params = rnn_vars["params"]["cell"]["layer"]
         expected = run_layer(params, PRESETS[name], xs, scan="sequential")[0]

@@ -169,7 +169,9 @@ def test_carried_state_gradient_equal_under_both_scans(name):
         assert_equal(parallel, sequential, 1e-10)
 
 
-@pytest.mark.parametrize("name", PARALLEL)
+@pytest.mark.parametrize(
+    "name", ["min_gru", *(pytest.param(n, marks=pytest.mark.slow) for n in PARALLEL[1:])]
+)
 def test_parallel_float32_at_T_1000_equals_float64_sequential(name):
     design, params, xs, carry, lengths, resets = setup(name, length=1000, dtype=jnp.float32)
     resets = (resets & (jax.random.uniform(jax.random.key(5), resets.shape) < 0.1)).at[0].set(False)

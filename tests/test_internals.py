@@ -89,7 +89,13 @@ def test_trace_gates_and_carries_follow_the_equations(name):
         assert_equal(last, c, 1e-10)
 
 
-@pytest.mark.parametrize("name", TRACED + ["min_gru_linear"])
+FAST_PATH_CASES = [
+    name if name in ("gru", "lstm", "min_gru") else pytest.param(name, marks=pytest.mark.slow)
+    for name in TRACED + ["min_gru_linear"]
+]
+
+
+@pytest.mark.parametrize("name", FAST_PATH_CASES)
 def test_trace_path_equals_the_fast_path_with_lengths_resets_and_offsets(name):
     design, params, xs, carry = layer_setup(name, dtype=jnp.float32)
     design = replace(design, learn_initial_state=True)
@@ -130,6 +136,12 @@ MODEL_CASES = [
     for block in ("plain", "residual")
     for scan in (("sequential", "parallel") if cell == "min_gru" else ("sequential",))
 ] + [("min_lstm", "plain", "sequential"), ("min_lstm", "plain", "parallel")]
+UNIT_MODEL_CASES = {("gru", "plain", "sequential"), ("lstm", "residual", "sequential")}
+UNIT_MODEL_CASES |= {("min_gru", "plain", "parallel")}
+MODEL_CASES = [
+    case if case in UNIT_MODEL_CASES else pytest.param(*case, marks=pytest.mark.slow)
+    for case in MODEL_CASES
+]
 
 
 @pytest.mark.parametrize(("cell", "block", "scan"), MODEL_CASES)
@@ -187,7 +199,7 @@ def test_offsets_at_padded_steps_are_ignored(name):
             assert not np.any(np.asarray(jnp.where(padded, g, 0.0)))
 
 
-@pytest.mark.parametrize("block", ["plain", "residual"])
+@pytest.mark.parametrize("block", ["plain", pytest.param("residual", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("cell", ["gru", "lstm", "min_gru"])
 def test_zero_offsets_and_trace_leave_the_model_unchanged(cell, block):
     config = ModelConfig(

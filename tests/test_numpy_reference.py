@@ -225,7 +225,12 @@ def test_references_cover_every_preset() -> None:
 
 
 CASES = [
-    pytest.param(name, scan, id=f"{name}-{scan}")
+    pytest.param(
+        name,
+        scan,
+        id=f"{name}-{scan}",
+        marks=[pytest.mark.slow] if (name, scan) == ("min_gru", "parallel") else [],
+    )
     for name, design in PRESETS.items()
     for scan in ("sequential", "parallel")
     if scan == "sequential" or design.parallel_scan is not None

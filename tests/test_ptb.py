@@ -112,6 +112,7 @@ def test_the_data_root_finds_ptb_by_name(ptb_slice, tmp_path, monkeypatch):
     assert len(str(err.value).splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_moving_the_data_never_blocks_a_resume(ptb_slice, tmp_path):
     """The data's path is provenance (config.json records it), not part of a run's identity."""
     first, moved = tmp_path / "first", tmp_path / "moved"

@@ -51,7 +51,13 @@ def setup(name: str, batch=3, length=12, learn_initial_state=False):
     return design, params, xs
 
 
-@pytest.mark.parametrize("name, scan", FAMILIES)
+@pytest.mark.parametrize(
+    "name, scan",
+    [
+        pytest.param(*c, marks=pytest.mark.slow) if c == ("min_gru", "parallel") else c
+        for c in FAMILIES
+    ],
+)
 def test_padded_batch_equals_each_sequence_alone(name, scan):
     design, params, xs = setup(name)
     lengths = jnp.array([12, 7, 1])
@@ -154,6 +160,7 @@ def test_bidirectional_gru_matches_flax_bidirectional(with_lengths):
     assert close(ours, theirs)
 
 
+@pytest.mark.slow
 def test_bidirectional_sum_and_residual_run():
     for block, merge in [("plain", "sum"), ("residual", "sum")]:
         config = ModelConfig(

@@ -217,6 +217,25 @@ def test_table_statistics_on_runs_of_known_values(tmp_path):
     assert len(rows) == 5
 
 
+def test_runs_that_logged_bits_per_word_as_bpc_still_tabulate(tmp_path):
+    """Word-level runs from before the bits_per_token metric logged their bits as "bpc"."""
+    fake_run(tmp_path, "gru", 10, [0.5, 0.7])
+    summary_file = tmp_path / "gru-10" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary["final"]["bpc"] = summary["final"].pop("loss")
+    summary["baseline"] = {"bpc": 9.0}
+    summary_file.write_text(json.dumps(summary))
+    records = (tmp_path / "gru-10" / "metrics.jsonl").read_text().replace('"loss"', '"bpc"')
+    (tmp_path / "gru-10" / "metrics.jsonl").write_text(records)
+    (run,) = load_runs(tmp_path)
+    assert run.values("bits_per_token") == [0.5, 0.7]
+    curve = {r["bits_per_token"] for r in run.evaluations("validation", "bits_per_token")}
+    assert sorted(curve) == pytest.approx([0.5, 0.7, 1.0, 1.4])
+    table = build_table([run], "bits_per_token")
+    entry = table.entries[(("gru",), ("copy",))]
+    assert entry.mean == pytest.approx(0.6) and table.baselines[("copy",)] == 9.0
+
+
 def test_table_writes_markdown_csv_and_plots(tmp_path):
     fake_run(tmp_path / "runs", "gru", 10, [0.1, 0.2])
     fake_run(tmp_path / "runs", "mgu", 10, [0.3, 0.4])

@@ -89,6 +89,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert keys == [(r["step"], r["seed"], r["split"]) for r in read_metrics(tmp_path / "whole")]
 
 
+@pytest.mark.slow
 def test_an_error_mid_training_keeps_the_run_folder_and_resumes(tmp_path, monkeypatch):
     """An error raised after training has started removes nothing: the folder, its config and
     its last checkpoint stay, and the same command resumes from them."""
@@ -118,12 +119,16 @@ def test_an_error_mid_training_keeps_the_run_folder_and_resumes(tmp_path, monkey
     assert keys == [(r["step"], r["seed"], r["split"]) for r in read_metrics(tmp_path / "whole")]
 
 
-def test_the_chunk_does_not_depend_on_the_step_count(tmp_path):
+def test_the_chunk_does_not_depend_on_the_step_count():
     from gru_research.train import chunk_length
 
     for steps in (1000, 1001, 7):
         config = TrainConfig(steps=steps, log_every=50, eval_every=250, checkpoint_every=500)
         assert chunk_length(config) == 50
+
+
+@pytest.mark.slow
+def test_a_run_of_any_length_ends_with_a_shorter_chunk(tmp_path):
     run = tmp_path / "run"
     summary = train(TrainConfig(**SMALL, steps=13), run, wandb_mode="disabled")
     assert summary["steps"] == 13
@@ -133,6 +138,7 @@ def test_the_chunk_does_not_depend_on_the_step_count(tmp_path):
     assert (run / "checkpoints" / "13").is_dir()
 
 
+@pytest.mark.slow
 def test_a_folder_without_a_checkpoint_is_replaced_by_another_config(tmp_path, capfd):
     run = tmp_path / "run"
     assert train(TrainConfig(**SMALL, steps=20), run, wandb_mode="disabled", stop_after=5) == {
@@ -144,6 +150,19 @@ def test_a_folder_without_a_checkpoint_is_replaced_by_another_config(tmp_path, c
     assert json.loads((run / "config.json").read_text())["run"]["hidden"] == 9
     lines = [line for line in capfd.readouterr().err.splitlines() if "replacing" in line]
     assert len(lines) == 1 and "no checkpoint yet" in lines[0] and "hidden" in lines[0]
+
+
+def test_a_program_too_big_for_memory_is_refused_before_any_folder(tmp_path, monkeypatch):
+    """The compiled program's memory is checked in set-up: an out-of-memory kill later would
+    run no handler, so nothing may be written before it."""
+    import gru_research.train as train_module
+
+    monkeypatch.setattr(train_module, "available_memory", lambda: 1024)
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="needs .* GiB .* available") as err:
+        train(TrainConfig(**SMALL, steps=10), run, wandb_mode="disabled")
+    assert len(str(err.value).splitlines()) == 1
+    assert not run.exists()
 
 
 def poison_seed(index: int):

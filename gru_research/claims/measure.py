@@ -66,12 +66,12 @@ def parameter_rows(sizes: list[tuple[int, int]]) -> list[dict]:
 
 def equal_param_hidden(cfg: BenchConfig, cell: str = "lstm", like: str = "gru") -> int:
     """The largest hidden size at which ``cell``'s whole model (embedding, layers, readout) has
-    no more parameters than ``like``'s at ``cfg.hidden``."""
+    no more parameters than ``like``'s at ``cfg.hidden_size``."""
     budget = model_param_count(bench_model(cfg, like))
-    low, high = 1, cfg.hidden
+    low, high = 1, cfg.hidden_size
     while low < high:
         mid = (low + high + 1) // 2
-        size = model_param_count(bench_model(dataclasses.replace(cfg, hidden=mid), cell))
+        size = model_param_count(bench_model(dataclasses.replace(cfg, hidden_size=mid), cell))
         low, high = (mid, high) if size <= budget else (low, mid - 1)
     return low
 
@@ -86,7 +86,7 @@ def throughput_rows(config_names: list[str], rounds: int, design: str, other: st
     rows = []
     for name in config_names:
         cfg = CONFIGS[name]
-        lean = dataclasses.replace(cfg, hidden=equal_param_hidden(cfg, other, design))
+        lean = dataclasses.replace(cfg, hidden_size=equal_param_hidden(cfg, other, design))
         variants = {design: (cfg, design), other: (cfg, other), "equal params": (lean, other)}
         steps = {}
         for implementation, make in IMPLEMENTATIONS.items():
@@ -105,8 +105,8 @@ def throughput_rows(config_names: list[str], rounds: int, design: str, other: st
                     "config": name,
                     "batch": cfg.batch,
                     "length": cfg.length,
-                    "hidden": cfg.hidden,
-                    f"{other} hidden at equal params": lean.hidden,
+                    "hidden": cfg.hidden_size,
+                    f"{other} hidden at equal params": lean.hidden_size,
                     "implementation": implementation,
                     f"{design} ms": 1e3 * seconds[design],
                     f"{other} ms": 1e3 * seconds[other],
