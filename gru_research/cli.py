@@ -8,7 +8,8 @@
     gru-research gradflow --cell gru,lstm --task copy --seq-len 100 [--checkpoint RUN]
     gru-research claims experiments/textbook_claims.yaml [--out results/textbook_claims]
 
-Bad input ends with one line on stderr naming the valid choices and a non-zero exit.
+Bad input ends with one line on stderr naming the valid choices (or the domain of a number)
+and a non-zero exit, before any work starts.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import typing
 from pathlib import Path
 
 from gru_research.config import TrainConfig
-from gru_research.tracking import WANDB_MODES, write_atomic
+from gru_research.tracking import WANDB_MODES, check_output_folder, write_atomic
 
 # Only light modules are imported here, so that `--help` and bad options answer at once; JAX,
 # Flax and the models are imported by the command that runs.
@@ -181,9 +182,11 @@ def run_sweep_command(args: argparse.Namespace) -> None:
     from gru_research.sweep import export_wandb, load_sweep, run_sweep
 
     if args.export_wandb:
+        check_output_folder(Path(args.export_wandb).parent)
         export_wandb(args.file, args.export_wandb)
         print(f"wrote {args.export_wandb}: `wandb sweep {args.export_wandb}`, then `wandb agent`")
         return
+    check_output_folder(args.out)
     start = time.perf_counter()
     run_sweep(
         args.file,
@@ -256,14 +259,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    for name in ("clip_norm", "clip_value"):
-        values[name] = values[name] or None
-    config = TrainConfig(**values)
+    config = TrainConfig(**values)  # every option against its domain (clipping at 0: off)
     out = args.out
     if out is None and os.environ.get("WANDB_RUN_ID"):
         out = f"runs/{os.environ.get('WANDB_SWEEP_ID', 'sweep')}/{os.environ['WANDB_RUN_ID']}"
     if out is None:
         raise ValueError("--out is required: the run folder to write (or resume)")
+    check_output_folder(out)
     from gru_research.train import train
 
     summary = train(

@@ -4,13 +4,21 @@ This module imports no JAX, so ``gru-research --help`` and the option checks are
 task, the design and the model a config describes are built on demand
 (:meth:`TrainConfig.task_config`, :meth:`TrainConfig.design`, :meth:`TrainConfig.model_config`).
 The command line (:mod:`gru_research.cli`) makes one option per field from the field's
-``help`` and ``choices`` metadata, and a sweep file's parameters are these fields' names.
+``help`` and ``choices`` metadata, and a sweep file's parameters are these fields' names. Every
+field is checked on construction against its type hint, its choices or its ``domain`` (a
+numeric field's valid values), whoever builds the config: one line naming the field and what it
+takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +42,37 @@ PROVENANCE_FIELDS = ("data_dir", "tfds_data_dir", "tfds_manual_dir")
 blocks a resume, and tables do not split on it)."""
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field with its command-line help (and valid choices) beside it."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+@dataclass(frozen=True)
+class Domain:
+    """The values a numeric option may take: ``words`` for the error line, ``contains`` to test."""
+
+    words: str
+    contains: Callable[[float], bool]
+
+
+POSITIVE_INT = Domain("a positive integer", lambda v: v >= 1)
+NON_NEGATIVE_INT = Domain("an integer >= 0", lambda v: v >= 0)
+POSITIVE = Domain("a finite number > 0", lambda v: 0 < v < math.inf)
+NON_NEGATIVE = Domain("a finite number >= 0", lambda v: 0 <= v < math.inf)
+FINITE = Domain("a finite number", lambda v: -math.inf < v < math.inf)
+PROBABILITY = Domain("in [0, 1)", lambda v: 0 <= v < 1)  # a dropout rate
+OPEN_UNIT = Domain("in (0, 1)", lambda v: 0 < v < 1)
+DECAY_FACTOR = Domain("in (0, 1]", lambda v: 0 < v <= 1)
+CHRONO_T_MAX = Domain("a finite number > 2", lambda v: 2 < v < math.inf)
+CLIP = Domain("a finite number > 0 (0: off)", lambda v: 0 < v < math.inf)
+OFF_AT_ZERO = ("clip_norm", "clip_value")
+"""Options where 0 means off (None), from the command line, a sweep file or Python alike."""
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def option(
+    default: Any,
+    help: str,
+    choices: tuple[str, ...] | None = None,
+    domain: Domain | None = None,
+) -> Any:
+    """A config field with its command-line help (and valid choices or domain) beside it."""
+    return field(default=default, metadata={"help": help, "choices": choices, "domain": domain})
 
 
 @dataclass(frozen=True)
@@ -45,34 +81,48 @@ class TrainConfig:
 
     task: str = option("copy", "the task", TASKS)
     cell: str = option("gru", "the gate design (see `gru-research designs`)", tuple(PRESETS))
-    seed: int = option(0, "first seed; seeds SEED .. SEED+SEEDS-1 train at once, vmapped")
-    seeds: int = option(1, "how many seeds")
-    steps: int = option(1000, "training steps (with --epochs: set from the corpus)")
+    seed: int = option(
+        0, "first seed; seeds SEED .. SEED+SEEDS-1 train at once, vmapped", domain=NON_NEGATIVE_INT
+    )
+    seeds: int = option(1, "how many seeds", domain=POSITIVE_INT)
+    steps: int = option(
+        1000, "training steps (with --epochs: set from the corpus)", domain=POSITIVE_INT
+    )
     seq_len: int | None = option(
-        None, "copy/adding: T; selective_copy: L; lm: window length (default: per task)"
+        None,
+        "copy/adding: T; selective_copy: L; lm: window length (default: per task)",
+        domain=POSITIVE_INT,
     )
-    num_tokens: int = option(16, "selective_copy: tokens to recall (K)")
-    hidden: int = option(64, "hidden size H of every recurrent layer")
+    num_tokens: int = option(16, "selective_copy: tokens to recall (K)", domain=POSITIVE_INT)
+    hidden: int = option(64, "hidden size H of every recurrent layer", domain=POSITIVE_INT)
     param_budget: int | None = option(
-        None, "size every design to the largest hidden size within this many parameters"
+        None,
+        "size every design to the largest hidden size within this many parameters",
+        domain=POSITIVE_INT,
     )
-    layers: int = option(1, "recurrent layers")
+    layers: int = option(1, "recurrent layers", domain=POSITIVE_INT)
     block: str = option("plain", "plain stack or the residual block of Feng et al. (2024)", BLOCKS)
     scan: str = option("auto", "auto picks the parallel scan only off the CPU", SCAN_KINDS)
     bidirectional: str | None = option(
         None, "a forward and a reversed layer, concatenated or summed", BIDIRECTIONAL
     )
     dropout: float = option(
-        0.0, "dropout on every layer's input and the output (Zaremba et al., 2014)"
+        0.0,
+        "dropout on every layer's input and the output (Zaremba et al., 2014)",
+        domain=PROBABILITY,
     )
     recurrent_dropout: float = option(
-        0.0, "variational dropout on h, one mask per sequence (Gal & Ghahramani, 2016)"
+        0.0,
+        "variational dropout on h, one mask per sequence (Gal & Ghahramani, 2016)",
+        domain=PROBABILITY,
     )
     gate_bias: float | None = option(
-        None, "constant bias of the gate that keeps the old state (LSTM f, GRU z)"
+        None, "constant bias of the gate that keeps the old state (LSTM f, GRU z)", domain=FINITE
     )
     chrono_t_max: float | None = option(
-        None, "chrono initialisation with this T_max (Tallec & Ollivier, 2018)"
+        None,
+        "chrono initialisation with this T_max (Tallec & Ollivier, 2018)",
+        domain=CHRONO_T_MAX,
     )
     recurrent_init: str | None = option(
         None, "recurrent kernels (default: the design's, orthogonal)", RECURRENT_INITS
@@ -82,14 +132,22 @@ class TrainConfig:
         False, "lm: B contiguous streams, windows in order, the carry crossing windows (TBPTT)"
     )
     epochs: int | None = option(
-        None, "stateful lm: train this many epochs (sets steps; evaluates every epoch)"
+        None,
+        "stateful lm: train this many epochs (sets steps; evaluates every epoch)",
+        domain=POSITIVE_INT,
     )
     lr_decay: float = option(
-        1.0, "epoch_decay schedule: the factor applied each epoch after lr_decay_after"
+        1.0,
+        "epoch_decay schedule: the factor applied each epoch after lr_decay_after",
+        domain=DECAY_FACTOR,
     )
-    lr_decay_after: int = option(0, "epoch_decay schedule: epochs at the full learning rate")
+    lr_decay_after: int = option(
+        0, "epoch_decay schedule: epochs at the full learning rate", domain=NON_NEGATIVE_INT
+    )
     init_scale: float | None = option(
-        None, "every parameter from U[-a, a] (the PTB protocol of Zaremba et al., 2014)"
+        None,
+        "every parameter from U[-a, a] (the PTB protocol of Zaremba et al., 2014)",
+        domain=POSITIVE,
     )
     loss_sum_over_time: bool = option(
         False, "train on the loss summed over the T steps (the PTB lr-1 convention)"
@@ -100,27 +158,41 @@ class TrainConfig:
     remat: bool = option(
         False, "recompute each step's activations in the backward pass (long sequences)"
     )
-    batch_size: int = option(32, "sequences per training step (per seed)")
+    batch_size: int = option(32, "sequences per training step (per seed)", domain=POSITIVE_INT)
     optimizer: str = option(
         "adam",
         "rmsprop is the Arjovsky et al. (2016) protocol (pair with --clip-value 1)",
         OPTIMIZERS,
     )
-    lr: float = option(1e-3, "learning rate (the peak, with a warm-up or a schedule)")
-    weight_decay: float = option(0.0, "adamw: decoupled weight decay")
-    rms_decay: float = option(0.9, "rmsprop: decay of the squared-gradient average")
+    lr: float = option(
+        1e-3, "learning rate (the peak, with a warm-up or a schedule)", domain=POSITIVE
+    )
+    weight_decay: float = option(0.0, "adamw: decoupled weight decay", domain=NON_NEGATIVE)
+    rms_decay: float = option(
+        0.9, "rmsprop: decay of the squared-gradient average", domain=OPEN_UNIT
+    )
     schedule: str = option(
         "constant",
         "learning-rate schedule after the warm-up (epoch_decay: needs --epochs)",
         SCHEDULES,
     )
-    warmup_steps: int = option(0, "linear warm-up from 0 to lr over this many steps")
-    clip_norm: float | None = option(1.0, "global-norm clipping (0: off)")
-    clip_value: float | None = option(None, "element-wise clipping (0: off)")
-    log_every: int = option(50, "log the mean training metrics every this many steps")
-    eval_every: int = option(250, "evaluate on the validation split every this many steps")
-    eval_batches: int = option(4, "synthetic tasks: batches drawn per evaluation")
-    checkpoint_every: int = option(500, "save a checkpoint every this many steps")
+    warmup_steps: int = option(
+        0, "linear warm-up from 0 to lr over this many steps", domain=NON_NEGATIVE_INT
+    )
+    clip_norm: float | None = option(1.0, "global-norm clipping (0: off)", domain=CLIP)
+    clip_value: float | None = option(None, "element-wise clipping (0: off)", domain=CLIP)
+    log_every: int = option(
+        50, "log the mean training metrics every this many steps", domain=POSITIVE_INT
+    )
+    eval_every: int = option(
+        250, "evaluate on the validation split every this many steps", domain=POSITIVE_INT
+    )
+    eval_batches: int = option(
+        4, "synthetic tasks: batches drawn per evaluation", domain=POSITIVE_INT
+    )
+    checkpoint_every: int = option(
+        500, "save a checkpoint every this many steps", domain=POSITIVE_INT
+    )
     corpus: str = option(
         "tiny_shakespeare",
         "lm: a TFDS text dataset (default: the shipped tiny_shakespeare, offline), or ptb "
@@ -139,33 +211,27 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        """Every field against its type, its choices or its domain, then the fields together:
+        one line naming the field and what it takes."""
+        for f in dataclasses.fields(self):
+            check_type(f.name, getattr(self, f.name), field_types()[f.name])
         if self.seq_len is None and self.task in TASK_SEQ_LEN:
             object.__setattr__(self, "seq_len", TASK_SEQ_LEN[self.task])
+        for name in OFF_AT_ZERO:
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, None)
         for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value is not None and value not in choices:
-                raise ValueError(
-                    f"unknown {f.name} {value!r}; valid {f.name} values: {', '.join(choices)}"
-                )
-        for name in ("seeds", "steps", "hidden", "layers", "batch_size", "seq_len"):
-            _positive(name, getattr(self, name))
-        for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches"):
-            _positive(name, getattr(self, name))
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.param_budget is not None and self.param_budget < 1:
-            raise ValueError(f"param_budget must be a positive integer, got {self.param_budget}")
+            check_value(f.name, getattr(self, f.name), f.metadata)
+        if self.epochs is None and self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"warmup_steps must be below steps ({self.steps}), got {self.warmup_steps}"
+            )
         if self.stateful and self.task != "lm":
             raise ValueError("stateful training (carried state across windows) needs --task lm")
-        if self.epochs is not None and (self.epochs < 1 or not self.stateful):
+        if self.epochs is not None and not self.stateful:
             raise ValueError("--epochs takes a positive count and needs --stateful (task lm)")
         if self.schedule == "epoch_decay" and self.epochs is None:
             raise ValueError("the epoch_decay schedule needs --epochs (stateful lm)")
-        if self.init_scale is not None and not self.init_scale > 0:
-            raise ValueError(f"init_scale must be positive, got {self.init_scale}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
 
     @property
     def seed_list(self) -> list[int]:
@@ -244,9 +310,42 @@ class TrainConfig:
         return config(low)
 
 
-def _positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
+@cache
+def field_types() -> dict[str, Any]:
+    """Each TrainConfig field's type hint (``int``, ``float | None``, ...)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def check_type(name: str, value: Any, hint: Any) -> None:
+    """One line naming the field and its type unless ``value`` has type ``hint``: a bool is not
+    an integer, an integer is a number, and None only where the hint allows it."""
+    kinds = typing.get_args(hint) or (hint,)
+    optional = type(None) in kinds
+    if value is None and optional:
+        return
+    base = next(k for k in kinds if k is not type(None))
+    if isinstance(value, bool):
+        fits = base is bool
+    elif base is float:
+        fits = isinstance(value, numbers.Real)
+    elif base is int:
+        fits = isinstance(value, numbers.Integral)
+    else:
+        fits = isinstance(value, base)
+    if not fits:
+        kind = TYPE_WORDS[base] + (" or null" if optional else "")
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def check_value(name: str, value: Any, metadata: typing.Mapping[str, Any]) -> None:
+    """One line naming the valid choices, or the domain, of a field whose value is outside."""
+    if value is None:
+        return
+    choices, domain = metadata.get("choices"), metadata.get("domain")
+    if choices and value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; valid {name} values: {', '.join(choices)}")
+    if domain is not None and not domain.contains(value):
+        raise ValueError(f"{name} must be {domain.words}, got {value!r}")
 
 
 def from_saved(saved: dict) -> TrainConfig:
@@ -262,4 +361,7 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no run folder at {run_dir} (config.json missing)")
-    return from_saved(read_json(path)["run"])
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("run"), dict):
+        raise ValueError(f"{path} holds no run config (no 'run' mapping)")
+    return from_saved(saved["run"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import random
 import shutil
 import time
@@ -28,9 +29,10 @@ import yaml
 
 from gru_research.config import TrainConfig
 from gru_research.reporting import format_mean_std
-from gru_research.tracking import write_atomic
+from gru_research.tracking import check_output_folder, write_atomic
 
 SWEEP_METHODS = ("grid", "random")
+DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "log_uniform_values")
 LOCAL_KEYS = ("seeds", "runs", "report", "description")
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -49,11 +51,12 @@ def load_sweep(path: str | Path) -> dict:
 
 def check_sweep(sweep: Any, path: str | Path) -> dict:
     """The sweep itself if it is well formed; one clear line naming ``path`` otherwise."""
-    if not isinstance(sweep, dict) or "parameters" not in sweep:
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("parameters"), dict):
         raise ValueError(f"{path}: a sweep file needs a 'parameters' mapping")
-    if sweep.get("method", "grid") not in SWEEP_METHODS:
+    method = sweep.get("method", "grid")
+    if method not in SWEEP_METHODS:
         raise ValueError(
-            f"{path}: unknown method {sweep['method']!r}; valid methods: {', '.join(SWEEP_METHODS)}"
+            f"{path}: unknown method {method!r}; valid methods: {', '.join(SWEEP_METHODS)}"
         )
     unknown = sorted(set(sweep["parameters"]) - CONFIG_FIELDS)
     if unknown:
@@ -62,11 +65,77 @@ def check_sweep(sweep: Any, path: str | Path) -> dict:
         )
     if "seeds" in sweep["parameters"] or "seed" in sweep["parameters"]:
         raise ValueError(f"{path}: seeds are not a parameter; use the top-level 'seeds' count")
+    for name, spec in sweep["parameters"].items():
+        if (problem := parameter_problem(spec, method)) is not None:
+            raise ValueError(f"{path}: parameter {name!r}: {problem}")
+    if (problem := report_problem(sweep)) is not None:
+        raise ValueError(f"{path}: report: {problem}")
+    runs = sweep.get("runs", 10)
+    if method == "random" and (isinstance(runs, bool) or not isinstance(runs, int) or runs < 1):
+        raise ValueError(f"{path}: 'runs' must be a positive integer, got {runs!r}")
     return sweep
 
 
+def parameter_problem(spec: Any, method: str) -> str | None:
+    """What is wrong with one parameter's spec in a sweep of ``method``, or None."""
+    if not isinstance(spec, dict):
+        return f"needs a mapping with 'value', 'values' or a 'distribution', got {spec!r}"
+    if "values" in spec:
+        values = spec["values"]
+        if not isinstance(values, list):
+            return f"'values' must be a list, got {values!r}"
+        if not values:
+            return "'values' is an empty list; give at least one value"
+    kind = spec.get("distribution", "categorical" if "values" in spec else "constant")
+    if method == "grid":
+        if "values" not in spec and "value" not in spec:
+            return "a grid sweep needs 'values' or 'value' (distributions need method: random)"
+        return None
+    if kind not in DISTRIBUTIONS:
+        return f"unknown distribution {kind!r}; valid: {', '.join(DISTRIBUTIONS)}"
+    if kind == "constant" and "value" not in spec:
+        return "needs 'value', 'values' or a 'distribution'"
+    if kind == "categorical" and "values" not in spec:
+        return "the categorical distribution needs 'values'"
+    if kind in ("int_uniform", "uniform", "log_uniform_values"):
+        return _range_problem(spec, kind)
+    return None
+
+
+def report_problem(sweep: dict) -> str | None:
+    """What is wrong with a sweep's ``report`` (its reference is not a row of the sweep), or
+    None."""
+    report = sweep.get("report", {})
+    if not isinstance(report, dict):
+        return f"must be a mapping, got {report!r}"
+    reference, row = report.get("reference"), str(report.get("rows", "cell")).split(",")[0]
+    spec = sweep["parameters"].get(row, {})
+    rows = spec.get("values", [spec["value"]] if "value" in spec else None)
+    if reference is not None and rows is not None and reference not in rows:
+        valid = ", ".join(map(str, rows))
+        return f"reference {reference!r} is not a {row} of the sweep; valid: {valid}"
+    return None
+
+
+def _range_problem(spec: dict, kind: str) -> str | None:
+    """What is wrong with the ``min`` and ``max`` of a uniform distribution, or None."""
+    bounds = [spec.get("min"), spec.get("max")]
+    number = int if kind == "int_uniform" else int | float
+    if any(isinstance(b, bool) or not isinstance(b, number) for b in bounds):
+        kind_words = "integers" if kind == "int_uniform" else "numbers"
+        return (
+            f"{kind} needs 'min' and 'max' {kind_words}, got min={bounds[0]!r}, max={bounds[1]!r}"
+        )
+    low, high = bounds
+    if not low <= high:
+        return f"{kind} needs min <= max, got min={low!r}, max={high!r}"
+    if kind == "log_uniform_values" and low <= 0:
+        return f"log_uniform_values needs min > 0, got {low!r}"
+    return None
+
+
 def _sample(spec: dict, rng: random.Random) -> Any:
-    """One draw from a W&B parameter distribution."""
+    """One draw from a W&B parameter distribution (checked by :func:`parameter_problem`)."""
     kind = spec.get("distribution", "categorical" if "values" in spec else "constant")
     if kind == "constant":
         return spec["value"]
@@ -76,26 +145,17 @@ def _sample(spec: dict, rng: random.Random) -> Any:
         return rng.randint(spec["min"], spec["max"])
     if kind == "uniform":
         return rng.uniform(spec["min"], spec["max"])
-    if kind == "log_uniform_values":
-        return math.exp(rng.uniform(math.log(spec["min"]), math.log(spec["max"])))
-    raise ValueError(
-        f"unsupported distribution {kind!r}; supported: categorical, int_uniform, "
-        "uniform, log_uniform_values"
-    )
+    return math.exp(rng.uniform(math.log(spec["min"]), math.log(spec["max"])))
 
 
 def expand(sweep: dict) -> list[dict]:
     """The points of a sweep: the grid's cartesian product in file order, or N random draws."""
     params = sweep["parameters"]
     if sweep.get("method", "grid") == "grid":
-        axes = []
-        for name, spec in params.items():
-            if "values" in spec:
-                axes.append([(name, v) for v in spec["values"]])
-            elif "value" in spec:
-                axes.append([(name, spec["value"])])
-            else:
-                raise ValueError(f"grid parameter {name!r} needs 'values' or 'value'")
+        axes = [
+            [(name, v) for v in spec["values"]] if "values" in spec else [(name, spec["value"])]
+            for name, spec in params.items()
+        ]
         return [dict(point) for point in itertools.product(*axes)]
     rng = random.Random(sweep.get("random_seed", 0))
     return [
@@ -115,6 +175,22 @@ def point_config(point: dict, sweep: dict) -> TrainConfig:
     return TrainConfig(**point, seeds=sweep.get("seeds", 1))
 
 
+def sweep_points(
+    sweep: dict, source: str | Path, data_dir: str | None = None
+) -> list[tuple[str, TrainConfig]]:
+    """Every point's folder name and config, all built and checked before any point trains: one
+    line naming ``source`` and the point for the first that is wrong."""
+    points = [{"data_dir": data_dir, **p} if data_dir else p for p in expand(sweep)]
+    named = []
+    for i, point in enumerate(points, 1):
+        name = point_name(point, sweep)
+        try:
+            named.append((name, point_config(point, sweep)))
+        except ValueError as err:
+            raise ValueError(f"{source}: point {i} of {len(points)} ({name}): {err}") from None
+    return named
+
+
 def run_sweep(
     sweep: str | Path | dict,
     out: str | Path,
@@ -127,37 +203,61 @@ def run_sweep(
 
     ``sweep`` is a sweep file, or a sweep already read (a dict with a ``name``), as the
     ``sweeps`` of an experiment such as textbook_claims.yaml. ``data_dir`` is the data root
-    every point reads (where the file does not set ``data_dir`` itself).
+    every point reads (where the file does not set ``data_dir`` itself). The whole file, every
+    point's config and ``out`` are checked before anything is written; if the first point
+    fails before its run folder exists, the folders made for ``out`` are removed again.
     """
-    from gru_research.train import train  # JAX: imported when a sweep runs
-
     out = Path(out)
     given = isinstance(sweep, dict)
-    spec = check_sweep(sweep, sweep.get("name", "sweep")) if given else load_sweep(sweep)
+    source = sweep.get("name", "sweep") if given else sweep
+    spec = check_sweep(sweep, source) if given else load_sweep(sweep)
     group = spec.get("name", out.name if given else Path(sweep).stem)
-    points = [{"data_dir": data_dir, **p} if data_dir else p for p in expand(spec)]
-    configs = [point_config(p, spec) for p in points]  # every point checked before any runs
+    points = sweep_points(spec, source, data_dir)  # every point checked before any runs
+    check_output_folder(out)
+    from gru_research.train import RunLocked, train  # JAX: imported when a sweep runs
+
+    made = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     if given:
         write_atomic(out / "sweep.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     else:
         shutil.copyfile(sweep, out / "sweep.yaml")
     summaries = []
-    for i, (point, config) in enumerate(zip(points, configs, strict=True), 1):
-        name = point_name(point, spec)
-        run_dir = out / "runs" / name
-        finished = (run_dir / "summary.json").exists()
-        start = time.perf_counter()
-        summary = train(config, run_dir, wandb_mode=wandb_mode, wandb_group=group)
-        seconds = time.perf_counter() - start
-        summaries.append(summary)
-        progress(
-            f"[{i}/{len(points)}] {name}: "
-            + ("already done" if finished else f"{seconds:.0f}s")
-            + "; "
-            + describe(summary)
-        )
+    try:
+        for i, (name, config) in enumerate(points, 1):
+            run_dir = out / "runs" / name
+            finished = (run_dir / "summary.json").exists()
+            start = time.perf_counter()
+            try:
+                summary = train(config, run_dir, wandb_mode=wandb_mode, wandb_group=group)
+            except RunLocked as err:  # another process trains this point: in progress
+                progress(f"[{i}/{len(points)}] {name}: in progress elsewhere ({err})")
+                continue
+            seconds = time.perf_counter() - start
+            summaries.append(summary)
+            progress(
+                f"[{i}/{len(points)}] {name}: "
+                + ("already done" if finished else f"{seconds:.0f}s")
+                + "; "
+                + describe(summary)
+            )
+    except BaseException:
+        remove_made_folders(made, out / "sweep.yaml")
+        raise
     return summaries
+
+
+def remove_made_folders(made: list[Path], sweep_copy: Path) -> None:
+    """Undo a sweep that failed before any run folder: its copy of the sweep file and the
+    folders it made, where they hold nothing else (never a folder that held something)."""
+    try:
+        if not made or set(os.listdir(made[0])) != {sweep_copy.name}:
+            return
+        sweep_copy.unlink()
+        for folder in made:  # innermost first; each is empty once the one inside it is gone
+            folder.rmdir()
+    except OSError:  # something else appeared meanwhile: leave it, and the error being raised
+        return
 
 
 def describe(summary: dict) -> str:

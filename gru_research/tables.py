@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,11 @@ class Run:
         """The ``metrics.jsonl`` records of ``split`` that hold ``metric`` (under that name,
         whatever the run called it), for the seeds that did not diverge."""
         alias = METRIC_ALIASES.get(metric)
-        records = [json.loads(line) for line in (self.folder / "metrics.jsonl").open()]
+        path = self.folder / "metrics.jsonl"
+        try:
+            records = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON lines: {err}") from None
         records = [
             {**r, metric: r[alias]} if r.get(metric) is None and r.get(alias) is not None else r
             for r in records
@@ -115,8 +120,13 @@ def load_runs(root: str | Path) -> list[Run]:
     """Every finished run folder (one with a ``summary.json``) under ``root``."""
     runs = []
     for summary in sorted(Path(root).rglob("summary.json")):
-        config = read_json(summary.parent / "config.json")["run"]
-        runs.append(Run(summary.parent, config, read_json(summary)))
+        config = read_json(summary.parent / "config.json")
+        if not isinstance(config, dict) or not isinstance(config.get("run"), dict):
+            raise ValueError(f"{summary.parent / 'config.json'} holds no run config")
+        values = read_json(summary)
+        if not isinstance(values, dict) or not isinstance(values.get("final"), dict):
+            raise ValueError(f"{summary} holds no final metrics")
+        runs.append(Run(summary.parent, config["run"], values))
     if not runs:
         raise FileNotFoundError(f"no finished run folders (with summary.json) under {root}")
     return runs
@@ -136,6 +146,7 @@ def build_table(
     paper: list[dict] | None = None,
 ) -> Table:
     """The table of ``metric`` (a final test metric) over the runs."""
+    reference = check_request(runs, metric, row_keys, reference)
     column_keys = [k for k in varying_keys(runs) if k not in row_keys + IGNORED_IN_SETTINGS]
     column_keys = ["task", *(k for k in column_keys if k != "task")]  # labels start with it
 
@@ -167,6 +178,31 @@ def build_table(
         if scored:
             min(scored, key=lambda e: sign * e.mean).best = True
     return table
+
+
+def logged_metrics(runs: list[Run]) -> list[str]:
+    """The final test metrics the runs logged, under their names and their newer names."""
+    names = {name for run in runs for name in run.summary["final"]}
+    return sorted(names | {new for new, old in METRIC_ALIASES.items() if old in names})
+
+
+def check_request(runs: list[Run], metric: str, row_keys: tuple[str, ...], reference: Any) -> Any:
+    """The reference row value (``"2"`` names the row ``layers=2``), after one line naming the
+    valid ones unless the runs logged ``metric``, have the row parameters, and ``reference`` is
+    None or one of their rows (a value of the first row parameter)."""
+    if metric not in (logged := logged_metrics(runs)):
+        raise ValueError(f"no run logged the metric {metric!r}; logged: {', '.join(logged)}")
+    keys = sorted({k for run in runs for k in run.config})
+    if unknown := [k for k in row_keys if k not in keys]:
+        raise ValueError(f"unknown row parameters {unknown}; valid: {', '.join(keys)}")
+    if reference is None:
+        return None
+    rows = sorted({run.config.get(row_keys[0]) for run in runs}, key=str)
+    match = [row for row in rows if row == reference or str(row) == str(reference)]
+    if not match:
+        valid = ", ".join(map(str, rows))
+        raise ValueError(f"reference {reference!r} is not a row ({row_keys[0]}); valid: {valid}")
+    return match[0]
 
 
 def _design_order(row: tuple) -> tuple:

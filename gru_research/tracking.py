@@ -27,11 +27,19 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The file gets the permissions a plain write would give it: a new one 0o666 less the umask
+    (the temporary file is opened as a plain write opens a file, not with mkstemp's 0o600), an
+    existing one keeps its own.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
     try:
         with os.fdopen(fd, "w") as f:
+            if path.exists():
+                os.fchmod(f.fileno(), path.stat().st_mode & 0o777)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -46,7 +54,28 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """The JSON in ``path``; a file that is not JSON (truncated, binary) is one line naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def check_output_folder(path: str | Path) -> None:
+    """One clear line unless ``path`` is a folder, or can be made one, that this user can write
+    in: tried by making (and removing) an empty folder in it, or in its nearest existing
+    ancestor, so that nothing is left behind."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), Path("."))
+    if not existing.is_dir():
+        what = "a file" if existing.is_file() else "not a folder"
+        raise ValueError(f"cannot write the output folder {path}: {existing} is {what}")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".write-check-"))
+    except OSError as err:
+        raise ValueError(
+            f"cannot write the output folder {path}: {existing}: {err.strerror}"
+        ) from None
 
 
 def git_commit() -> str | None:
@@ -82,8 +111,10 @@ class MetricsFile:
             self.records = [json.loads(line) for line in path.read_text().splitlines() if line]
 
     def truncate_after(self, step: int) -> None:
-        """Forget records past ``step`` (a resumed run logs those steps again)."""
-        self.records = [r for r in self.records if r["step"] <= step]
+        """Forget records past ``step`` and every test record: a resumed run logs those again
+        (a run killed after its test records but before its summary evaluates the test split
+        once more)."""
+        self.records = [r for r in self.records if r["step"] <= step and r["split"] != "test"]
         self.flush()
 
     def extend(self, records: Iterable[dict]) -> None:
@@ -135,7 +166,10 @@ class WandbRuns:
             return
         import wandb
 
-        settings = wandb.Settings(silent=True, console="off")
+        from gru_research.offline import keep_wandb_local, wandb_settings
+
+        keep_wandb_local(mode)
+        settings = wandb.Settings(silent=True, console="off", **wandb_settings(mode))
         if self.agent:
             self.runs[None] = wandb.init(
                 dir=str(run_dir), mode=mode, config=config, settings=settings
@@ -241,3 +275,12 @@ def read_offline_history(wandb_file: Path) -> list[dict]:
 def offline_run_files(run_dir: Path) -> dict[str, Path]:
     """W&B run id → its offline ``.wandb`` file, for the runs under ``run_dir/wandb``."""
     return {p.stem.removeprefix("run-"): p for p in Path(run_dir).glob("wandb/*/run-*.wandb")}
+
+
+def remove_offline_runs(run_dir: Path, run_id: str) -> None:
+    """Delete the offline W&B runs of a run folder's id, so that a resume rebuilds each seed's
+    history from ``metrics.jsonl`` (the source of truth) into one folder per W&B run."""
+    import shutil
+
+    for folder in Path(run_dir).glob(f"wandb/offline-run-*-{run_id}*"):
+        shutil.rmtree(folder, ignore_errors=True)

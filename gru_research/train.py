@@ -19,12 +19,19 @@ way into a trained run folder.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
 import math
+import os
 import shutil
+import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache, reduce
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,6 +59,7 @@ from gru_research.tracking import (
     git_commit,
     package_version,
     read_json,
+    remove_offline_runs,
     write_json,
 )
 
@@ -358,6 +366,93 @@ def restore_checkpoint(manager, step: int, abstract: Any) -> dict:
         ) from None
 
 
+CHECKSUMS = "checksums.json"
+"""``RUN/checksums.json``: the sha256 of every file of each checkpoint, written once orbax has
+finished saving it and checked before the checkpoint is trusted."""
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of the checkpoints in ``RUN/checkpoints``, newest first."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()), reverse=True)
+
+
+def checkpoint_digests(step_dir: Path) -> dict[str, str]:
+    """The sha256 of every file under one checkpoint's folder, by relative path."""
+    return {
+        str(path.relative_to(step_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(step_dir.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _recorded_checksums(run_dir: Path) -> dict[str, dict[str, str]]:
+    path = run_dir / CHECKSUMS
+    return read_json(path) if path.exists() else {}
+
+
+def record_checksums(run_dir: Path, step: int) -> None:
+    """Add the checkpoint just saved at ``step``; forget those orbax has since deleted."""
+    existing = {str(s) for s in checkpoint_steps(run_dir)}
+    recorded = {k: v for k, v in _recorded_checksums(run_dir).items() if k in existing}
+    recorded[str(step)] = checkpoint_digests(run_dir / "checkpoints" / str(step))
+    write_json(run_dir / CHECKSUMS, recorded)
+
+
+def checkpoint_fault(run_dir: Path, step: int) -> str | None:
+    """Why the checkpoint at ``step`` cannot be trusted, or None when every file matches."""
+    expected = _recorded_checksums(run_dir).get(str(step))
+    if expected is None:
+        return "no checksum recorded"
+    actual = checkpoint_digests(run_dir / "checkpoints" / str(step))
+    for name, digest in expected.items():
+        if name not in actual:
+            return f"{name} is missing"
+        if actual[name] != digest:
+            return f"{name} differs from its checksum"
+    extra = sorted(set(actual) - set(expected))
+    return f"{extra[0]} was not part of it" if extra else None
+
+
+def restore_verified(run_dir: Path, abstract: Any, reject: bool = True) -> tuple[dict | None, int]:
+    """(state, step) of the newest checkpoint that verifies, or (None, 0) with none saved.
+
+    A checkpoint that fails is named in one line and, with ``reject``, moved to
+    ``checkpoints/rejected-<step>``; the previous one is tried next (two are kept). None
+    verifying is one error line.
+    """
+    steps = checkpoint_steps(run_dir)
+    for step in steps:
+        fault = checkpoint_fault(run_dir, step)
+        if fault is None:
+            manager = checkpoint_manager(run_dir)
+            try:
+                return restore_checkpoint(manager, step, abstract), step
+            except RunError as err:
+                fault = str(err)
+            finally:
+                manager.close()
+        folder = run_dir / "checkpoints"
+        moved = ""
+        if reject:
+            shutil.rmtree(folder / f"rejected-{step}", ignore_errors=True)
+            os.replace(folder / str(step), folder / f"rejected-{step}")
+            moved = f": moved to checkpoints/rejected-{step}"
+        print(
+            f"checkpoint at step {step} of {run_dir} failed verification ({fault}){moved}; "
+            "trying the previous one",
+            file=sys.stderr,
+        )
+    if steps:
+        raise RunError(
+            f"no checkpoint of {run_dir} verifies (steps {', '.join(map(str, steps))}); "
+            "start again in another --out"
+        )
+    return None, 0
+
+
 class LoadedRun(NamedTuple):
     """A trained run folder: its config, task, model and the parameters of every seed."""
 
@@ -374,20 +469,64 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     task = make_task(config.task_config())
     config = resolve_epochs(config, task)
     model = config.model_config(task)
-    manager = checkpoint_manager(run_dir)
-    try:
-        latest = manager.latest_step()
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
-        program = build_program(config, task, model)
-        state = restore_checkpoint(manager, latest, abstract_state(program, config.seed_list))
-    finally:
-        manager.close()
+    program = build_program(config, task, model)
+    state, _ = restore_verified(run_dir, abstract_state(program, config.seed_list), reject=False)
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
     return LoadedRun(config, task, model, state["params"])
 
 
 # ---------------------------------------------------------------------------------------------
 # training a run folder
+
+
+class RunLocked(RunError):
+    """The run folder is in use by another process."""
+
+
+LOCK = ".lock"
+
+
+def _lock_holder(handle) -> str:
+    handle.seek(0)
+    return handle.read().strip() or "another process"
+
+
+def check_unlocked(run_dir: Path) -> None:
+    """Refuse at once, before any work, a folder another process is training in."""
+    path = run_dir / LOCK
+    if not path.exists():
+        return
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(_in_use(run_dir, _lock_holder(handle))) from None
+
+
+def _in_use(run_dir: Path, holder: str) -> str:
+    return f"{run_dir} is in use by {holder}; wait for it to finish or use another --out"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``RUN/.lock`` for the run's life (``fcntl.flock``: the kernel releases it when
+    the process dies, so a killed run never leaves a stale lock)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(_in_use(run_dir, _lock_holder(handle))) from None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -401,6 +540,7 @@ class Prepared:
     train_chunk: Any  # the compiled program of one full chunk
     abstract: Any  # the state's shapes and placement
     resumed: bool
+    replace: bool  # the folder holds another config and no checkpoint: start it afresh
 
 
 def available_memory() -> int | None:
@@ -451,7 +591,7 @@ def prepare(config: TrainConfig, run_dir: Path, wandb_mode: str) -> Prepared:
         raise ValueError(f"unknown W&B mode {wandb_mode!r}; valid modes: {', '.join(WANDB_MODES)}")
     task = make_task(config.task_config())
     config = resolve_epochs(config, task)  # with epochs, the step count depends on the corpus
-    resumed = (run_dir / "config.json").exists()
+    resumed, replace = (run_dir / "config.json").exists(), False
     if resumed and (differs := _saved_config_differs(run_dir, config)):
         if _has_checkpoint(run_dir):
             raise RunError(
@@ -463,14 +603,13 @@ def prepare(config: TrainConfig, run_dir: Path, wandb_mode: str) -> Prepared:
             " and no checkpoint yet",
             file=sys.stderr,
         )
-        shutil.rmtree(run_dir)
-        resumed = False
+        resumed, replace = False, True
     model = config.model_config(task)
     program = build_program(config, task, model)
     abstract = abstract_state(program, config.seed_list)
     train_chunk = program.train_chunk.lower(abstract, task.data).compile()
     check_memory(train_chunk)
-    return Prepared(config, task, model, program, train_chunk, abstract, resumed)
+    return Prepared(config, task, model, program, train_chunk, abstract, resumed, replace)
 
 
 def write_run_config(run: Prepared, run_dir: Path, state: dict) -> None:
@@ -529,14 +668,39 @@ def train(
         return finished
 
     # prepare: every check, the compiled program and its memory; nothing written yet
+    check_unlocked(run_dir)
     run = prepare(config, run_dir, wandb_mode)
-    config, task, seeds = run.config, run.task, run.config.seed_list
+    with run_lock(run_dir):
+        return _train_locked(
+            run, run_dir, wandb_mode, wandb_project, wandb_group, progress, state_transform,
+            stop_after,
+        )  # fmt: skip
 
-    # initial state: fresh, or restored from the last checkpoint
+
+def _clear_folder(run_dir: Path) -> None:
+    """Everything of the run folder but its lock (the folder is being replaced)."""
+    for path in run_dir.iterdir():
+        if path.name != LOCK:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _train_locked(
+    run: Prepared,
+    run_dir: Path,
+    wandb_mode: str,
+    wandb_project: str,
+    wandb_group: str | None,
+    progress: bool | None,
+    state_transform,
+    stop_after: int | None,
+) -> dict:
+    config, task, seeds = run.config, run.task, run.config.seed_list
+    if run.replace:
+        _clear_folder(run_dir)
+
+    # initial state: fresh, or restored from the newest checkpoint that verifies
+    state, start = restore_verified(run_dir, run.abstract) if run.resumed else (None, 0)
     manager = checkpoint_manager(run_dir)
-    state, start = None, 0
-    if run.resumed and (latest := manager.latest_step()) is not None:
-        state, start = restore_checkpoint(manager, latest, run.abstract), latest
     if state is None:
         state = run.program.init(seed_keys(seeds))
         if state_transform is not None:
@@ -546,6 +710,10 @@ def train(
         write_run_config(run, run_dir, state)
     metrics_file = MetricsFile(run_dir / "metrics.jsonl")
     metrics_file.truncate_after(start)
+    wandb_id = read_json(run_dir / "config.json")["wandb_id"]
+    replay = run.resumed and wandb_mode == "offline"
+    if replay:  # metrics.jsonl is the source of truth: each seed's offline history rebuilt
+        remove_offline_runs(run_dir, wandb_id)
     wandb_runs = WandbRuns(
         wandb_mode,
         run_dir,
@@ -553,9 +721,11 @@ def train(
         seeds,
         project=wandb_project,
         group=wandb_group or f"{config.task}-T{config.seq_len}",
-        run_id=read_json(run_dir / "config.json")["wandb_id"],
+        run_id=wandb_id,
         name=config.cell,
     )
+    if replay:
+        wandb_runs.log(metrics_file.records)
     baseline_fields = {f"baseline_{k}": v for k, v in task.baseline.items()}
 
     def with_baseline(record):
@@ -595,9 +765,11 @@ def train(
 
             manager.save(step, args=ocp.args.StandardSave(state))
             manager.wait_until_finished()
+            record_checksums(run_dir, step)
     bar.close()
     manager.close()
-    if step < config.steps:
+    if step < config.steps:  # stopped early, as a killed run: W&B closed, no summary
+        wandb_runs.finish({})
         return {"stopped_at": step}
 
     # the summary: the test split, the diverged seeds, W&B closed

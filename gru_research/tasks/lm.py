@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gru_research.offline import is_local_path, keep_tensorflow_local, keep_tfds_local
 from gru_research.tasks.base import IGNORED_TARGET, Task, TaskConfig, token_cross_entropy
 from gru_research.tasks.ptb import PTB_CORPORA, ptb_folder, ptb_splits
 
@@ -95,11 +96,19 @@ def split_90_5_5(text: str) -> dict[str, str]:
 
 
 def read_text_file_splits(path: str | Path) -> dict[str, str]:
-    """A plain UTF-8 text file, split 90/5/5 by characters."""
+    """A plain UTF-8 text file, split 90/5/5 by characters; a binary file is one line naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"lm text file not found: {path}")
-    return split_90_5_5(path.read_text(encoding="utf-8"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"lm text file {path} is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+    if "\x00" in text:
+        raise ValueError(f"lm text file {path} is not text (it holds NUL bytes)")
+    return split_90_5_5(text)
 
 
 def default_manual_dir(corpus: str, manual_dir: str | None) -> str | None:
@@ -139,15 +148,22 @@ def read_tfds_splits(
 
     Prepares the dataset (once per `data_dir`) with `manual_dir` in its download config and
     reads each split's examples, joined by newlines (tiny_shakespeare: one example per split).
-    TensorFlow and TFDS are imported here, not at module import.
+    TensorFlow and TFDS are imported here, not at module import. With local folders (no URL),
+    nothing is looked up on Google Cloud: no GCE metadata probe by TensorFlow, no GCS look-up by
+    TFDS (``gru_research.offline``), no GCS download (``try_gcs``, ``try_download_gcs`` off).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    local = is_local_path(data_dir) and is_local_path(manual_dir)
+    if local:
+        keep_tensorflow_local()
     import tensorflow_datasets as tfds
 
+    if local:
+        keep_tfds_local()
     tfds.disable_progress_bar()
     manual_dir = default_manual_dir(corpus, manual_dir)
     try:
-        builder = tfds.builder(corpus, data_dir=data_dir)
+        builder = tfds.builder(corpus, data_dir=data_dir, try_gcs=False)
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(
             f"unknown TFDS dataset {corpus!r}: the lm task needs a TFDS dataset with a"
