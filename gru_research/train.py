@@ -419,36 +419,35 @@ def checkpoint_fault(run_dir: Path, step: int) -> str | None:
 def restore_verified(run_dir: Path, abstract: Any, reject: bool = True) -> tuple[dict | None, int]:
     """(state, step) of the newest checkpoint that verifies, or (None, 0) with none saved.
 
-    A checkpoint that fails is named in one line and, with ``reject``, moved to
-    ``checkpoints/rejected-<step>``; the previous one is tried next (two are kept). None
-    verifying is one error line.
+    A checkpoint that fails is, with ``reject``, moved to ``checkpoints/rejected-<step>`` and
+    the previous one is tried (two are kept); one line names what was rejected and where the
+    run resumed. None verifying is one error line.
     """
-    steps = checkpoint_steps(run_dir)
+    steps, rejected = checkpoint_steps(run_dir), []
     for step in steps:
         fault = checkpoint_fault(run_dir, step)
         if fault is None:
             manager = checkpoint_manager(run_dir)
             try:
-                return restore_checkpoint(manager, step, abstract), step
+                state = restore_checkpoint(manager, step, abstract)
             except RunError as err:
                 fault = str(err)
             finally:
                 manager.close()
-        folder = run_dir / "checkpoints"
-        moved = ""
+        if fault is None:
+            if rejected:
+                print(f"{'; '.join(rejected)}; resumed from step {step}", file=sys.stderr)
+            return state, step
         if reject:
+            folder = run_dir / "checkpoints"
             shutil.rmtree(folder / f"rejected-{step}", ignore_errors=True)
             os.replace(folder / str(step), folder / f"rejected-{step}")
-            moved = f": moved to checkpoints/rejected-{step}"
-        print(
-            f"checkpoint at step {step} of {run_dir} failed verification ({fault}){moved}; "
-            "trying the previous one",
-            file=sys.stderr,
-        )
+            fault += f", moved to checkpoints/rejected-{step}"
+        rejected.append(f"checkpoint at step {step} of {run_dir} failed verification ({fault})")
     if steps:
         raise RunError(
-            f"no checkpoint of {run_dir} verifies (steps {', '.join(map(str, steps))}); "
-            "start again in another --out"
+            f"corrupt or mismatched checkpoint: none of {run_dir} verifies "
+            f"({'; '.join(rejected)}); start again in another --out"
         )
     return None, 0
 

@@ -71,6 +71,7 @@ def test_a_damaged_checkpoint_is_rejected_and_the_previous_one_resumes(
     resumed = train(config, run, wandb_mode="disabled")
     lines = [line for line in capfd.readouterr().err.splitlines() if "verification" in line]
     assert len(lines) == 1 and "step 20" in lines[0] and "rejected-20" in lines[0], lines
+    assert lines[0].endswith("resumed from step 10")
     assert (run / "checkpoints" / "rejected-20").is_dir()
     whole, whole_run = uninterrupted
     assert resumed["diverged"] == [] and resumed["final"] == whole["final"]  # bit-identical
@@ -82,7 +83,7 @@ def test_no_verified_checkpoint_is_one_clear_error(tmp_path):
     train(config, run, wandb_mode="disabled", stop_after=20)
     for step in (10, 20):
         damage(run / "checkpoints" / str(step), "flipped byte")
-    with pytest.raises(RunError, match="no checkpoint of .* verifies") as err:
+    with pytest.raises(RunError, match="none of .* verifies") as err:
         train(config, run, wandb_mode="disabled")
     assert len(str(err.value).splitlines()) == 1
 

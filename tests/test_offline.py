@@ -149,7 +149,11 @@ def strace_prefix(log: Path) -> list[str]:
 def traced(command: list[str], tmp_path: Path, name: str) -> tuple[str, list[Contact]]:
     """Run ``command`` under strace from ``tmp_path``; its output and its remote contacts."""
     log = tmp_path / f"{name}.strace"
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SWEEP_ID", "WANDB_RUN_ID")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SERVICE")
+    }
     result = subprocess.run(
         [*strace_prefix(log), *command],
         cwd=tmp_path,

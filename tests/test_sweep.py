@@ -141,6 +141,7 @@ def test_exported_wandb_sweep_command_trains_a_point(tmp_path):
         "WANDB_SWEEP_ID": "sweep1",
     }
     env.pop("WANDB_MODE", None)  # the code sets the mode itself (offline by default)
+    env.pop("WANDB_SERVICE", None)  # an agent starts a fresh process, not one of this one's
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "sweep1" / "agentrun"
