@@ -592,7 +592,7 @@ def prepare(config: TrainConfig, run_dir: Path, wandb_mode: str) -> Prepared:
     config = resolve_epochs(config, task)  # with epochs, the step count depends on the corpus
     resumed, replace = (run_dir / "config.json").exists(), False
     if resumed and (differs := _saved_config_differs(run_dir, config)):
-        if _has_checkpoint(run_dir):
+        if checkpoint_steps(run_dir):
             raise RunError(
                 f"{run_dir} holds a run with a different config (differs in: "
                 f"{', '.join(differs)}); use another --out"
@@ -798,11 +798,6 @@ def _finished_summary(config: TrainConfig, run_dir: Path) -> dict | None:
     if any(k not in ignored for k in _saved_config_differs(run_dir, config)):
         return None
     return read_json(run_dir / "summary.json")
-
-
-def _has_checkpoint(run_dir: Path) -> bool:
-    folder = run_dir / "checkpoints"
-    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
 def summarise(
