@@ -2,7 +2,7 @@
 
     gru-research designs [--input-size I] [--hidden-size H]   every preset, its paper, its size
     gru-research train --task TASK --cell DESIGN --seeds S --steps N ... --out DIR
-    gru-research sweep FILE --out DIR | --export-wandb OUT.yaml
+    gru-research sweep FILE --out DIR [--jobs N] [--executor slurm --wait] | --export-wandb OUT.yaml
     gru-research table DIR [--metric loss] [--reference gru]
     gru-research bench [--configs small,medium,long] [--rounds 7] [--out FILE]
     gru-research gradflow --cell gru,lstm --task copy --seq-len 100 [--checkpoint RUN]
@@ -26,6 +26,9 @@ from pathlib import Path
 
 from gru_research.config import TrainConfig
 from gru_research.tracking import WANDB_MODES, check_output_folder, write_atomic
+
+if typing.TYPE_CHECKING:
+    from gru_research.executors import Execution
 
 # Only light modules are imported here, so that `--help` and bad options answer at once; JAX,
 # Flax and the models are imported by the command that runs.
@@ -72,6 +75,56 @@ def positive_int(text: str) -> int:
     return value
 
 
+def jobs_option(text: str) -> int | str:
+    """`--jobs`: a positive integer, or auto."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer or auto, got {text!r}"
+        ) from None
+
+
+def executor_option(text: str) -> str:
+    """`--executor`: local or slurm (and submitit's local executor, for tests, unlisted)."""
+    from gru_research.executors import EXECUTORS, SUBMITIT_LOCAL
+
+    if text not in (*EXECUTORS, SUBMITIT_LOCAL):
+        raise argparse.ArgumentTypeError(
+            f"invalid choice {text!r} (choose from {', '.join(EXECUTORS)})"
+        )
+    return text
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+SWEEP_EPILOG = """How the points run (with --out): --executor local (the default) trains
+--jobs points at once, each in a worker process (`gru-research train`) pinned by CPU affinity
+to --threads-per-point CPUs of its own; --jobs auto (the default) is min(points left, CPUs),
+and --jobs 1 without --threads-per-point trains in this process, one point after another. If a
+point fails, no further point starts; the running ones finish, then the sweep fails in one
+line naming the point (its worker's log: OUT/logs/). --executor slurm submits each point as a
+SLURM job through submitit (logs in OUT/submitit/); --wait polls until every job has ended and
+writes the report; without it the job ids are printed, and rerunning the same command skips
+finished points, counts running or queued ones as in progress, and writes the report once all
+are done. Each launch is a line of RUN/launches.jsonl. With --export-wandb nothing runs here
+(wandb agents run the points), so these options are refused with it."""
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the problem (and the valid choices)."""
 
@@ -86,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     designs.add_argument("--input-size", type=positive_int, default=64)
     designs.add_argument("--hidden-size", type=positive_int, default=128)
     add_train_arguments(commands.add_parser("train", help="train S seeds of one design at once"))
-    sweep = commands.add_parser("sweep", help="run a W&B sweep file locally, or export it")
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a W&B sweep file here, on a SLURM cluster, or export it",
+        epilog=SWEEP_EPILOG,
+    )
     sweep.add_argument("file")
     target = sweep.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", help="folder of the sweep's run folders (rerun to resume)")
@@ -94,6 +151,44 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--wandb", choices=WANDB_MODES, default="offline")
     sweep.add_argument(
         "--data-dir", default=None, help="the data root of every point (default: GRU_RESEARCH_DATA)"
+    )
+    sweep.add_argument(
+        "--executor",
+        type=executor_option,
+        default=None,
+        help="local (worker processes here) or slurm (a job per point); default: local",
+    )
+    sweep.add_argument(
+        "--jobs",
+        type=jobs_option,
+        default=None,
+        metavar="N",
+        help="local: points at once, a positive integer or auto (default: auto, min(points "
+        "left, CPUs)); 1 without --threads-per-point: in this process",
+    )
+    sweep.add_argument(
+        "--threads-per-point",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="local: CPUs (so XLA threads) of each worker, by CPU affinity (default: CPUs // N)",
+    )
+    slurm = sweep.add_argument_group("SLURM (--executor slurm, through submitit)")
+    slurm.add_argument("--slurm-partition", metavar="NAME", default=None)
+    slurm.add_argument(
+        "--slurm-time-min",
+        type=positive_int,
+        metavar="MIN",
+        default=None,
+        help="each job's time limit (default: 60)",
+    )
+    slurm.add_argument("--slurm-cpus-per-task", type=positive_int, metavar="N", default=None)
+    slurm.add_argument(
+        "--slurm-gpus-per-node", type=non_negative_int, metavar="N", default=None, help="default: 0"
+    )
+    slurm.add_argument("--slurm-mem-gb", type=positive_float, metavar="GB", default=None)
+    slurm.add_argument(
+        "--wait", action="store_true", help="poll until every job has ended, then write the report"
     )
     table = commands.add_parser("table", help="tables and plots from run folders")
     table.add_argument("dir")
@@ -177,10 +272,71 @@ def run_bench(args: argparse.Namespace) -> None:
     print(text, end="")
 
 
+LOCAL_OPTIONS = ("jobs", "threads_per_point")
+SLURM_OPTIONS = (
+    "wait",
+    "slurm_partition",
+    "slurm_time_min",
+    "slurm_cpus_per_task",
+    "slurm_gpus_per_node",
+    "slurm_mem_gb",
+)
+
+
+def given_options(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    """The options among ``names`` given on the command line, spelt as flags."""
+    return ["--" + n.replace("_", "-") for n in names if _given(getattr(args, n))]
+
+
+def _given(value) -> bool:
+    return value is not None and value is not False  # 0 is a value given
+
+
+def sweep_execution(args: argparse.Namespace) -> Execution:
+    """How `sweep` runs its points; one line for options that do not go together."""
+    from gru_research.executors import Execution, SlurmOptions
+
+    if args.export_wandb and (
+        given := given_options(args, ("executor", *LOCAL_OPTIONS, *SLURM_OPTIONS))
+    ):
+        raise ValueError(
+            f"{', '.join(given)}: with --export-wandb nothing runs here (wandb agents run the "
+            "points); give --out to run them"
+        )
+    executor = args.executor or "local"
+    if executor == "local" and (given := given_options(args, SLURM_OPTIONS)):
+        raise ValueError(f"{', '.join(given)}: only with --executor slurm")
+    if executor != "local" and (given := given_options(args, LOCAL_OPTIONS)):
+        raise ValueError(
+            f"{', '.join(given)}: only with --executor local (each SLURM job trains one point;"
+            " size it with --slurm-cpus-per-task)"
+        )
+    slurm = SlurmOptions(
+        partition=args.slurm_partition,
+        time_min=args.slurm_time_min or 60,
+        cpus_per_task=args.slurm_cpus_per_task,
+        gpus_per_node=args.slurm_gpus_per_node or 0,
+        mem_gb=args.slurm_mem_gb,
+    )
+    jobs = None if args.jobs in (None, "auto") else args.jobs
+    return Execution(executor, jobs, args.threads_per_point, slurm, args.wait)
+
+
+def sweep_command(args: argparse.Namespace) -> str:
+    """The sweep's command line, for the report: the file, --out and the options given."""
+    words = ["gru-research", "sweep", args.file, "--out", args.out]
+    for name in ("executor", *LOCAL_OPTIONS, *SLURM_OPTIONS, "data_dir"):
+        value = getattr(args, name)
+        if _given(value):
+            words += ["--" + name.replace("_", "-")] + ([] if value is True else [str(value)])
+    return " ".join(words)
+
+
 def run_sweep_command(args: argparse.Namespace) -> None:
     from gru_research.report import write_report
-    from gru_research.sweep import export_wandb, load_sweep, run_sweep
+    from gru_research.sweep import export_wandb, load_sweep, train_sweep
 
+    execution = sweep_execution(args)
     if args.export_wandb:
         check_output_folder(Path(args.export_wandb).parent)
         export_wandb(args.file, args.export_wandb)
@@ -188,18 +344,26 @@ def run_sweep_command(args: argparse.Namespace) -> None:
         return
     check_output_folder(args.out)
     start = time.perf_counter()
-    run_sweep(
+    outcome = train_sweep(
         args.file,
         args.out,
         wandb_mode=args.wandb,
         progress=lambda line: print(line, flush=True),
         data_dir=args.data_dir,
+        execution=execution,
     )
+    if outcome.pending and execution.executor != "local":
+        print(
+            f"{outcome.pending} point(s) queued or running; rerun this command to collect them"
+            " (the report is written once every point is done)"
+        )
+        return
     report = write_report(
         args.out,
         load_sweep(args.file),
-        command=f"gru-research sweep {args.file} --out {args.out}",
+        command=sweep_command(args),
         wall_time_s=time.perf_counter() - start,
+        points_run=outcome.how,
     )
     print(report.read_text().split("## Final test", 1)[1].split("\n## ", 1)[0].strip())
     print(f"\nreport, tables and plots: {report.parent}/")

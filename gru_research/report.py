@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gru_research.executors import IN_PROCESS
 from gru_research.reporting import claims_table, markdown_table, report_header, verdict
 from gru_research.tables import HIGHER_IS_BETTER, Table, label, to_markdown, write_table
 from gru_research.tracking import write_atomic
@@ -73,8 +74,19 @@ def check_claim(claim: dict, table: Table) -> tuple[str, str]:
     return verdict(all(results)), "; ".join(evidence)
 
 
-def write_report(out: str | Path, sweep: dict, *, command: str, wall_time_s: float) -> Path:
-    """Tables, plots and ``report.md`` for the sweep whose run folders are under ``out``."""
+def write_report(
+    out: str | Path,
+    sweep: dict,
+    *,
+    command: str,
+    wall_time_s: float,
+    points_run: str = IN_PROCESS,
+) -> Path:
+    """Tables, plots and ``report.md`` for the sweep whose run folders are under ``out``.
+
+    ``points_run`` says how this invocation ran the points (in this process, worker processes,
+    SLURM jobs): a provenance line; the tables are read from the run folders alone.
+    """
     out = Path(out)
     spec = sweep.get("report", {})
     metrics = spec.get("metrics", ["loss"])
@@ -94,6 +106,7 @@ def write_report(out: str | Path, sweep: dict, *, command: str, wall_time_s: flo
         f"wall time: {wall_time_s / 60:.1f} min for this invocation of the sweep; "
         f"{sum(t.total_seconds for t in tables[:1]) / 60:.1f} min of training summed over its "
         "points (each point's own run, resumed parts included)",
+        f"points run: {points_run}",
         f"seeds per point: {sweep.get('seeds', 1)} (vmapped)",
         f"varied: {', '.join(f'{k} ∈ {v}' for k, v in varied.items())}",
         f"fixed: {', '.join(f'{k}={v}' for k, v in fixed.items())}",

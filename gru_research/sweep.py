@@ -1,4 +1,5 @@
-"""Sweeps: W&B sweep files, run locally one point after another, or exported for ``wandb agent``.
+"""Sweeps: W&B sweep files, run here (in this process, on every core, or as SLURM jobs through
+:mod:`gru_research.executors`) or exported for ``wandb agent``.
 
 A sweep file is a W&B sweep configuration (``method``, ``metric``, ``parameters`` with
 ``values`` / ``value`` / a ``distribution``) plus keys that W&B ignores and the export drops:
@@ -10,7 +11,8 @@ A sweep file is a W&B sweep configuration (``method``, ``metric``, ``parameters`
 
 Parameters are :class:`~gru_research.train.TrainConfig` fields. Each point trains into
 ``OUT/runs/<point name>``; rerun after a crash, finished points are skipped and a half-finished one
-resumes from its checkpoint (that is simply ``train`` on the same folder).
+resumes from its checkpoint (that is simply ``train`` on the same folder), whichever way the
+points are run.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from gru_research.config import TrainConfig
 from gru_research.reporting import format_mean_std
 from gru_research.tracking import check_output_folder, write_atomic
+
+if TYPE_CHECKING:
+    from gru_research.executors import Execution
 
 SWEEP_METHODS = ("grid", "random")
 DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "log_uniform_values")
@@ -191,6 +197,17 @@ def sweep_points(
     return named
 
 
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What a sweep invocation did: the finished points' summaries (in sweep order), how its
+    points were run (for the report) and how many are not finished (in progress elsewhere,
+    queued or running as jobs)."""
+
+    summaries: list[dict]
+    how: str
+    pending: int
+
+
 def run_sweep(
     sweep: str | Path | dict,
     out: str | Path,
@@ -198,15 +215,43 @@ def run_sweep(
     wandb_mode: str = "offline",
     progress=print,
     data_dir: str | None = None,
+    jobs: int | None = 1,
+    threads_per_point: int | None = None,
 ) -> list[dict]:
-    """Train every point into ``out/<point name>``, one after another; resumable.
+    """Train every point into ``out/runs/<point name>``; resumable; the finished points'
+    summaries.
 
     ``sweep`` is a sweep file, or a sweep already read (a dict with a ``name``), as the
     ``sweeps`` of an experiment such as textbook_claims.yaml. ``data_dir`` is the data root
-    every point reads (where the file does not set ``data_dir`` itself). The whole file, every
-    point's config and ``out`` are checked before anything is written; if the first point
-    fails before its run folder exists, the folders made for ``out`` are removed again.
+    every point reads (where the file does not set ``data_dir`` itself). ``jobs=1`` (the
+    default) trains the points in this process, one after another; more (or None: auto, or a
+    ``threads_per_point``) trains them in worker processes (:mod:`gru_research.executors`).
+    The whole file, every point's config and ``out`` are checked before anything is written;
+    if the first point fails before its run folder exists, the folders made for ``out`` are
+    removed again.
     """
+    from gru_research.executors import Execution
+
+    execution = Execution(jobs=jobs, threads_per_point=threads_per_point)
+    return train_sweep(
+        sweep, out, wandb_mode=wandb_mode, progress=progress, data_dir=data_dir, execution=execution
+    ).summaries
+
+
+def train_sweep(
+    sweep: str | Path | dict,
+    out: str | Path,
+    *,
+    wandb_mode: str = "offline",
+    progress=print,
+    data_dir: str | None = None,
+    execution: Execution | None = None,
+) -> SweepOutcome:
+    """:func:`run_sweep` with every way of running the points (``execution``: in this
+    process, local worker processes, SLURM jobs), and what the invocation did."""
+    from gru_research.executors import IN_PROCESS, Execution, plan_points
+
+    execution = execution or Execution()
     out = Path(out)
     given = isinstance(sweep, dict)
     source = sweep.get("name", "sweep") if given else sweep
@@ -214,7 +259,9 @@ def run_sweep(
     group = spec.get("name", out.name if given else Path(sweep).stem)
     points = sweep_points(spec, source, data_dir)  # every point checked before any runs
     check_output_folder(out)
-    from gru_research.train import RunLocked, train  # JAX: imported when a sweep runs
+    plan = None
+    if not execution.in_process:  # the executor checked and the data prepared, nothing written
+        plan = plan_points(points, out, execution, wandb_mode=wandb_mode, wandb_group=group)
 
     made = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
@@ -222,29 +269,44 @@ def run_sweep(
         write_atomic(out / "sweep.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     else:
         shutil.copyfile(sweep, out / "sweep.yaml")
-    summaries = []
     try:
-        for i, (name, config) in enumerate(points, 1):
-            run_dir = out / "runs" / name
-            finished = (run_dir / "summary.json").exists()
-            start = time.perf_counter()
-            try:
-                summary = train(config, run_dir, wandb_mode=wandb_mode, wandb_group=group)
-            except RunLocked as err:  # another process trains this point: in progress
-                progress(f"[{i}/{len(points)}] {name}: in progress elsewhere ({err})")
-                continue
-            seconds = time.perf_counter() - start
-            summaries.append(summary)
-            progress(
-                f"[{i}/{len(points)}] {name}: "
-                + ("already done" if finished else f"{seconds:.0f}s")
-                + "; "
-                + describe(summary)
-            )
+        if plan is None:
+            summaries, pending = _train_in_process(points, out, wandb_mode, group, progress)
+        else:
+            summaries, pending = plan.run(progress)
     except BaseException:
         remove_made_folders(made, out / "sweep.yaml")
         raise
-    return summaries
+    return SweepOutcome(summaries, IN_PROCESS if plan is None else plan.how, pending)
+
+
+def _train_in_process(
+    points: list[tuple[str, TrainConfig]], out: Path, wandb_mode: str, group: str, progress
+) -> tuple[list[dict], int]:
+    """Train the points one after another in this process; their summaries, and how many
+    are in progress elsewhere."""
+    from gru_research.train import RunLocked, train  # JAX: imported when a sweep runs
+
+    summaries, pending = [], 0
+    for i, (name, config) in enumerate(points, 1):
+        run_dir = out / "runs" / name
+        finished = (run_dir / "summary.json").exists()
+        start = time.perf_counter()
+        try:
+            summary = train(config, run_dir, wandb_mode=wandb_mode, wandb_group=group)
+        except RunLocked as err:  # another process trains this point: in progress
+            progress(f"[{i}/{len(points)}] {name}: in progress elsewhere ({err})")
+            pending += 1
+            continue
+        seconds = time.perf_counter() - start
+        summaries.append(summary)
+        progress(
+            f"[{i}/{len(points)}] {name}: "
+            + ("already done" if finished else f"{seconds:.0f}s")
+            + "; "
+            + describe(summary)
+        )
+    return summaries, pending
 
 
 def remove_made_folders(made: list[Path], sweep_copy: Path) -> None:

@@ -317,7 +317,9 @@ def test_an_offline_two_point_sweep_contacts_no_remote_address(tmp_path):
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(sweep))
     output, contacts = traced(
-        cli("sweep", "tiny.yaml", "--out", "sweep", "--wandb", "offline"), tmp_path, "sweep"
+        cli("sweep", "tiny.yaml", "--out", "sweep", "--wandb", "offline", "--jobs", "2"),
+        tmp_path,
+        "sweep",
     )
     assert_stays_local(contacts, "sweep (two points) --wandb offline")
     runs = sorted((tmp_path / "sweep").glob("**/wandb/*/run-*.wandb"))
