@@ -10,6 +10,7 @@ time against T, and a plot beside the report.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import time
@@ -17,11 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-from common import OneLineParser, configs, joined, positive_int, positive_ints, readable
+import small_models
+from common import (
+    OneLineParser,
+    Reading,
+    Target,
+    configs,
+    joined,
+    positive_int,
+    positive_ints,
+    readable,
+    target_row,
+)
 
 from gru_research import bench
 from gru_research.bench import CONFIGS, BenchConfig, RematMemory, Timing
-from gru_research.reporting import bold, markdown_table, report_header, verdict
+from gru_research.reporting import markdown_table, report_header
 from gru_research.tracking import write_atomic
 
 PROFILED = ("small", "medium")  # where a step's phases are timed (long's steps take seconds)
@@ -82,24 +94,6 @@ def measure(
 # the speed targets
 
 
-@dataclass(frozen=True)
-class Target:
-    """A goal for one measured number: at least ``goal`` (at most, with ``at_most``); measured
-    only on the JAX ``backend`` when one is given."""
-
-    text: str
-    goal: float
-    unit: str = "×"
-    at_most: bool = False
-    backend: str | None = None
-
-    def met_by(self, value: float) -> bool:
-        return value <= self.goal if self.at_most else value >= self.goal
-
-    def goal_text(self) -> str:
-        return f"{'≤' if self.at_most else '≥'} {self.goal:g}{self.unit}"
-
-
 # (group, gru-research's implementation, the anchor, how many times the anchor's throughput)
 ANCHOR_TARGETS = [
     ("gru", "gru-research gru", "flax nn.RNN(GRUCell)", 1.5),
@@ -113,14 +107,6 @@ MIN_GRU_SCANS = {
     "parallel": "gru-research min_gru (parallel scan)",
     "gru": "gru-research gru",
 }
-
-
-@dataclass(frozen=True)
-class Reading:
-    """A target's measured value with a note, or None with the reason it was not measured."""
-
-    value: float | None
-    note: str = ""
 
 
 def group_seconds(timings: list[Timing], config: str, group: str) -> dict[str, float]:
@@ -203,24 +189,6 @@ def speed_targets(m: Measurements) -> list[tuple[Target, Reading]]:
     ]
 
 
-def target_row(target: Target, reading: Reading, backend: str) -> dict[str, str]:
-    """One row of the targets table; a target of another backend reads as not measured."""
-    if target.backend not in (None, backend):
-        measured, outcome = f"not measured on this backend ({backend})", "not measured"
-    elif reading.value is None:
-        measured, outcome = reading.note, "not measured"
-    else:
-        note = f" ({reading.note})" if reading.note else ""
-        measured = f"{reading.value:.2f}{target.unit}{note}"
-        outcome = verdict(target.met_by(reading.value))
-    return {
-        "target": target.text,
-        "goal": target.goal_text(),
-        "measured": measured,
-        "verdict": bold(outcome),
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # the report
 
@@ -269,9 +237,16 @@ def table(rows: list[dict]) -> str:
     return markdown_table(rows).rstrip("\n") if rows else "(nothing measured)"
 
 
-def render(m: Measurements, command: str, backend: str, plot_name: str | None = None) -> str:
-    """The whole report as markdown."""
-    targets = [target_row(t, r, backend) for t, r in speed_targets(m)]
+def render(
+    m: Measurements,
+    command: str,
+    backend: str,
+    plot_name: str | None = None,
+    small: small_models.SmallModels | None = None,
+) -> str:
+    """The whole report as markdown; ``small``: the papers' small-model regime too."""
+    pairs = speed_targets(m) + (small_models.targets(small) if small else [])
+    targets = [target_row(t, r, backend) for t, r in pairs]
     lines = report_header(
         "Training-step benchmarks",
         DESCRIPTION,
@@ -279,9 +254,12 @@ def render(m: Measurements, command: str, backend: str, plot_name: str | None = 
         f"JAX backend: {backend}; median of {m.rounds} interleaved rounds after warm-up "
         f"({length_rounds(m.rounds)} for the step time against T)",
         "memory: the compiled step's temporaries plus arguments (JAX steps only)",
-        f"wall time of the measurements: {m.wall_s / 60:.1f} min",
+        f"wall time of the measurements: {(m.wall_s + getattr(small, 'wall_s', 0)) / 60:.1f} min",
+        THREADS,
     )
-    lines += ["", "## Speed targets", "", table(targets)]
+    lines += ["", "## Speed targets", "", TARGETS_NOTE, "", table(targets)]
+    if small:
+        lines += small_sections(small)
     lines += ["", "## Every implementation", ""]
     lines += ["`vs first`: the step time over the first row's of its group (lower is faster).", ""]
     lines += [table(bench.timing_records(m.timings))]
@@ -293,6 +271,47 @@ def render(m: Measurements, command: str, backend: str, plot_name: str | None = 
     if plot_name:
         lines += ["", f"![scaling]({plot_name})"]
     return "\n".join(lines) + "\n"
+
+
+THREADS = (
+    "threads: every JAX step runs in this one process on XLA's default intra-op thread pool "
+    "(all cores); PyTorch is timed at 1 and at 2 threads (`torch.set_num_threads`), and its "
+    "targets take the better setting"
+)
+TARGETS_NOTE = (
+    "A small-model target is also met when our step reaches the stated share of its roofline: "
+    "one in-process matmul with the step's recurrent FLOPs (h U forward; the gradients with "
+    "respect to h and U backward), (3 T B, H) × (H, G H), timed beside it."
+)
+
+
+def small_sections(small: small_models.SmallModels) -> list[str]:
+    """The small-model regime's tables: every implementation, seeds, the training loop, and
+    where the time went before and after."""
+    lines = ["", "## The papers' small-model regime", "", SMALL_DESCRIPTION, ""]
+    lines += [table(small_models.timing_rows(small))]
+    lines += ["", "### Seeds vmapped: throughput over S single-seed steps", ""]
+    lines += [table(small_models.seed_rows(small))]
+    lines += ["", "### The training loop's step against the bench step of the same model", ""]
+    lines += [LOOP_NOTE, "", table(small_models.loop_rows(small))]
+    lines += ["", "### Where the time goes (adding regime; ms, medians of interleaved rounds)", ""]
+    lines += [PHASES_NOTE, "", table(small_models.phase_rows(small))]
+    return lines
+
+
+SMALL_DESCRIPTION = """The experiments' own models, loss and optimiser (`gru-research train`'s
+RMSProp after element-wise clipping at 1): **copy** as in Arjovsky et al. (2016), B = 20,
+T + 20 = 120 steps, 10 symbols one-hot into the gates, tanh RNN 80 and LSTM 40 units and every
+other design at the LSTM's parameter count, cross-entropy over every step; **adding**, B = 50,
+T = 200, 2 real inputs, H = 128, the last step's MSE. Flax's and PyTorch's cells get the same
+hidden size, batch, loss and optimiser. `recurrent GFLOP/s`: the step's recurrent FLOPs over its
+time."""
+LOOP_NOTE = """The loop's step is `gru-research train`'s own compiled chunk (10 steps: batches
+sampled inside the step, one per seed, the optimiser, the freeze of diverged seeds, per-step
+metrics), per step; the bench step is the same model and seeds on fixed batches."""
+PHASES_NOTE = """`phases.py` in a process of its own on each commit: forward, backward and the
+optimiser of gru and lstm (B = 50, T = 200, H = 128), ours and Flax's timed interleaved. Absolute
+times of the two processes may differ; compare each row with the Flax rows of its own process."""
 
 
 def plot(curves: dict[str, dict[int, float]], speed_ups: dict[int, float], path: Path) -> None:
@@ -338,20 +357,49 @@ def parse_args(argv: list[str] | None):
     parser.add_argument(
         "--lengths", type=positive_ints, default="64,256,1024,4096", help="T of the length curve"
     )
+    parser.add_argument(
+        "--regimes",
+        type=regimes,
+        default="copy,adding",
+        help="the papers' small-model regimes: comma-separated, of: copy, adding (or none)",
+    )
+    parser.add_argument(
+        "--before", default=None, help="a commit whose profile is set beside this one's"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks.md"))
     return parser.parse_args(argv)
+
+
+def regimes(text: str) -> list[str]:
+    """An argparse type: comma-separated regime names, or ``none``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in bench.REGIME_NAMES]
+    if unknown or not names:
+        given = ", ".join(unknown) or repr(text)
+        raise argparse.ArgumentTypeError(
+            f"unknown regime {given}; valid: {', '.join(bench.REGIME_NAMES)} (or none)"
+        )
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = (
         f"python benchmarks/campaign.py --configs {joined(args.configs)} --rounds {args.rounds} "
-        f"--seeds {joined(args.seeds)} --lengths {joined(args.lengths)} --out {args.out}"
+        f"--seeds {joined(args.seeds)} --lengths {joined(args.lengths)} "
+        f"--regimes {joined(args.regimes) or 'none'}"
+        + (f" --before {args.before}" if args.before else "")
+        + f" --out {args.out}"
     )
+    small = None
+    if args.regimes:
+        small = small_models.measure(args.regimes, args.rounds, args.seeds, args.before)
     measured = measure(args.configs, args.rounds, args.seeds, args.lengths)
     plot_path = args.out.with_suffix(".png")
     plot(measured.length_curves, measured.seed_speed_ups, plot_path)
-    text = render(measured, command, jax.default_backend(), plot_path.name)
+    text = render(measured, command, jax.default_backend(), plot_path.name, small)
     write_atomic(args.out, text)
     print(text, end="")
     return 0

@@ -1,10 +1,13 @@
-"""What the benchmark scripts share: one-line usage errors and their argument types."""
+"""What the benchmark scripts share: one-line usage errors, their argument types, and speed
+targets with their verdicts."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from gru_research.bench import BenchConfig, named_configs
+from gru_research.reporting import bold, verdict
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -52,3 +55,57 @@ def joined(values: list) -> str:
 def readable(value: float | None) -> float | int | None:
     """A whole number from 1,000 up, so that a table prints 1,134 rather than 1.13e+03."""
     return round(value) if value is not None and abs(value) >= 1000 else value
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for one measured number: at least ``goal`` (at most, with ``at_most``); measured
+    only on the JAX ``backend`` when one is given."""
+
+    text: str
+    goal: float
+    unit: str = "×"
+    at_most: bool = False
+    backend: str | None = None
+    roofline_share: float | None = None  # met too at this share of the roofline's GFLOP/s
+
+    def met_by(self, value: float, share: float | None = None) -> bool:
+        if self.roofline_share is not None and share is not None and share >= self.roofline_share:
+            return True
+        return value <= self.goal if self.at_most else value >= self.goal
+
+    def goal_text(self) -> str:
+        text = f"{'≤' if self.at_most else '≥'} {self.goal:g}{self.unit}"
+        if self.roofline_share is not None:
+            text += f" or ≥ {self.roofline_share:.0%} of the roofline"
+        return text
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A target's measured value with a note, or None with the reason it was not measured."""
+
+    value: float | None
+    note: str = ""
+    roofline_share: float | None = None  # the measured GFLOP/s over the roofline's
+
+
+def target_row(target: Target, reading: Reading, backend: str) -> dict[str, str]:
+    """One row of the targets table; a target of another backend reads as not measured."""
+    if target.backend not in (None, backend):
+        measured, outcome = f"not measured on this backend ({backend})", "not measured"
+    elif reading.value is None:
+        measured, outcome = reading.note, "not measured"
+    else:
+        notes = [reading.note] if reading.note else []
+        if reading.roofline_share is not None:
+            notes.insert(0, f"{reading.roofline_share:.0%} of the roofline")
+        note = f" ({'; '.join(notes)})" if notes else ""
+        measured = f"{reading.value:.2f}{target.unit}{note}"
+        outcome = verdict(target.met_by(reading.value, reading.roofline_share))
+    return {
+        "target": target.text,
+        "goal": target.goal_text(),
+        "measured": measured,
+        "verdict": bold(outcome),
+    }

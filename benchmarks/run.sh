@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python benchmarks/campaign.py --configs small,medium,long --rounds 7 --seeds 1,2,4,8,16 \
-  --lengths 64,256,1024,4096 --out results/benchmarks.md
+  --lengths 64,256,1024,4096 --regimes copy,adding --before 74b820d --out results/benchmarks.md

@@ -16,6 +16,7 @@ The reports built from these numbers (targets, tables, plots) live in ``benchmar
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ import numpy as np
 import optax
 
 from gru_research.model import ModelConfig, apply_model, init_model, init_population, seed_keys
+
+Array = jax.Array
 
 
 @dataclass(frozen=True)
@@ -78,26 +81,33 @@ def _cross_entropy(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def _jax_step(name: str, loss_fn, params, tokens) -> Step:
-    """Jit one Adam step of ``loss_fn(params, inputs, targets)``; time its compilation."""
-    optimizer = optax.adam(1e-3)
+def _jax_step(
+    name: str,
+    loss_fn,
+    params,
+    tokens: np.ndarray | None = None,
+    *,
+    batch: tuple[Array, Array] | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+) -> Step:
+    """Jit one optimiser step (Adam by default) of ``loss_fn(params, inputs, targets)`` on
+    ``batch`` (or next-token prediction of ``tokens``); time its compilation."""
+    optimizer = optimizer or optax.adam(1e-3)
 
     def step(params, opt_state, inputs, targets):
         loss, grads = jax.value_and_grad(loss_fn)(params, inputs, targets)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    inputs, targets = jnp.asarray(tokens[..., :-1]), jnp.asarray(tokens[..., 1:])
+    if batch is None:
+        batch = jnp.asarray(tokens[..., :-1]), jnp.asarray(tokens[..., 1:])
+    inputs, targets = batch
     opt_state = optimizer.init(params)
     start = time.perf_counter()
     compiled = (
         jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, inputs, targets).compile()
     )
     compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    memory_bytes = (
-        None if memory is None else int(memory.temp_size_in_bytes + memory.argument_size_in_bytes)
-    )
     state = {"params": params, "opt": opt_state}
 
     def run():
@@ -106,7 +116,15 @@ def _jax_step(name: str, loss_fn, params, tokens) -> Step:
         )
         loss.block_until_ready()
 
-    return Step(name, run, compile_s, memory_bytes)
+    return Step(name, run, compile_s, compiled_bytes(compiled))
+
+
+def compiled_bytes(compiled) -> int | None:
+    """A compiled program's temporaries plus arguments, from ``memory_analysis()``."""
+    memory = compiled.memory_analysis()
+    if memory is None:
+        return None
+    return int(memory.temp_size_in_bytes + memory.argument_size_in_bytes)
 
 
 def bench_model(cfg: BenchConfig, cell: str, scan: str = "auto", **options: Any) -> ModelConfig:
@@ -443,3 +461,317 @@ def scan_speed(lengths: list[int], batch: int, rounds: int) -> list[ScanSpeed]:
             )
         )
     return points
+
+
+# ---------------------------------------------------------------------------------------------
+# the papers' regime: the copy and adding experiments' own models, loss and optimiser
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A paper's small-model training setting, as ``gru-research train`` runs it.
+
+    ``base`` is the experiment's config (task, T, batch, optimiser, clipping); ``hidden``
+    gives the papers' sizes by design, and every other design gets the largest hidden size
+    within the parameter count of ``sized_like`` (the designs compared at equal parameters).
+    """
+
+    name: str
+    base: Any  # a TrainConfig (imported lazily: the harness runs without the training stack)
+    hidden: dict[str, int]
+    sized_like: str | None = None
+
+    def config(self, cell: str, seeds: int = 1):
+        """The TrainConfig of ``cell`` in this regime, with ``seeds`` seeds."""
+        from gru_research.model import model_param_count
+
+        if cell in self.hidden or self.sized_like is None:
+            size = {"hidden": self.hidden.get(cell, self.base.hidden)}
+        else:
+            anchor = self.config(self.sized_like)
+            budget = model_param_count(anchor.model_config(regime_task(anchor)))
+            size = {"param_budget": budget}
+        return dataclasses.replace(self.base, cell=cell, seeds=seeds, **size)
+
+
+def regime_task(config):
+    from gru_research.tasks import make_task
+
+    return make_task(config.task_config())
+
+
+def _regimes() -> dict[str, Regime]:
+    from gru_research.config import TrainConfig
+
+    rmsprop = {"optimizer": "rmsprop", "lr": 1e-3, "clip_value": 1.0, "clip_norm": None}
+    copy = TrainConfig(task="copy", seq_len=100, batch_size=20, one_hot=True, **rmsprop)
+    adding = TrainConfig(task="adding", seq_len=200, batch_size=50, hidden=128, **rmsprop)
+    return {
+        # Arjovsky et al. (2016), Fig. 1: T + 20 = 120 steps, tanh RNN 80, LSTM 40 units
+        "copy": Regime("copy", copy, {"rnn_tanh": 80, "lstm": 40}, sized_like="lstm"),
+        # Arjovsky et al. (2016), Fig. 2: 128 units, batch 50, T = 200
+        "adding": Regime("adding", adding, {}),
+    }
+
+
+REGIME_NAMES = ("copy", "adding")
+
+
+@dataclass(frozen=True)
+class RegimeModel:
+    """One design in a regime: its train config, task, model and one fixed batch."""
+
+    config: Any
+    task: Any
+    model: ModelConfig
+    batch: tuple[Array, Array]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.hidden_size
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(B, T) of one seed's batch."""
+        inputs = self.batch[0]
+        length = inputs.shape[-1] if self.model.vocab_size else inputs.shape[-2]
+        return self.config.batch_size, length
+
+
+def regime_model(regime: Regime, cell: str, seeds: int = 1) -> RegimeModel:
+    """The design's model in the regime, with one fixed batch; with ``seeds`` > 1, one batch
+    per seed along a leading axis (as ``gru-research train`` samples one per seed)."""
+    config = regime.config(cell, seeds)
+    task = regime_task(config)
+
+    def sample(key):
+        return task.sample(task.data, key, config.batch_size)
+
+    batch = sample(jax.random.key(0)) if seeds == 1 else jax.vmap(sample)(seed_keys(range(seeds)))
+    return RegimeModel(config, task, config.model_config(task), batch)
+
+
+def regime_ours(regime: Regime, cell: str, seeds: int = 1) -> Step:
+    """gru-research's step of the experiment's model: the same loss (the task's metric) and
+    optimiser (``train.make_optimizer``) as ``gru-research train``, on a fixed batch; seeds
+    vmapped, each on its own batch, as the training loop runs them."""
+    from gru_research.train import make_optimizer
+
+    m = regime_model(regime, cell, seeds)
+
+    def loss_one(p, inputs, targets):
+        return m.task.metrics(apply_model(p, m.model, inputs)[0], targets)["loss"]
+
+    if seeds == 1:
+        params, loss = init_model(jax.random.key(0), m.model), loss_one
+    else:
+        params = init_population(seed_keys(range(seeds)), m.model)
+
+        def loss(p, inputs, targets):
+            return jnp.sum(jax.vmap(loss_one)(p, inputs, targets))
+
+    label = f"gru-research {cell} (H = {m.hidden_size})"
+    label += f" ×{seeds} seeds vmapped" if seeds > 1 else ""
+    return _jax_step(label, loss, params, batch=m.batch, optimizer=make_optimizer(m.config))
+
+
+class RegimeFlaxModel(nn.Module):
+    """Flax ``nn.RNN`` over a Flax cell, fed as our model is fed (one-hot tokens or features)."""
+
+    cell: Callable
+    hidden_size: int
+    output_size: int
+    vocab: int | None = None
+
+    @nn.compact
+    def __call__(self, inputs):
+        x = jax.nn.one_hot(inputs, self.vocab) if self.vocab else inputs
+        x = nn.RNN(self.cell(features=self.hidden_size))(x)
+        return nn.Dense(self.output_size)(x)
+
+
+def regime_flax(regime: Regime, cell: str) -> Step:
+    """Flax's cell of the same design and hidden size, the same loss and optimiser."""
+    from gru_research.train import make_optimizer
+
+    flax_design = "mgu_flax" if cell == "mgu" else cell
+    m = regime_model(regime, flax_design)
+    vocab = m.model.vocab_size if m.model.one_hot else None
+    model = RegimeFlaxModel(FLAX_CELLS[cell], m.hidden_size, m.model.output_size, vocab)
+    params = model.init(jax.random.key(0), m.batch[0])
+
+    def loss(p, inputs, targets):
+        return m.task.metrics(model.apply(p, inputs), targets)["loss"]
+
+    name = f"flax nn.RNN({FLAX_CELLS[cell].__name__}) (H = {m.hidden_size})"
+    return _jax_step(name, loss, params, batch=m.batch, optimizer=make_optimizer(m.config))
+
+
+def regime_torch(regime: Regime, cell: str, threads: int) -> Step | None:
+    """PyTorch ``nn.GRU`` / ``nn.LSTM`` of the same size on the same batch: the task's loss
+    (cross-entropy over every step, or the last step's MSE), RMSProp (α = 0.9) after
+    element-wise clipping at 1; run with ``threads`` intra-op threads."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    m = regime_model(regime, cell)
+    torch.manual_seed(0)
+    inputs = torch.as_tensor(np.asarray(m.batch[0]))
+    targets = torch.as_tensor(np.asarray(m.batch[1]))
+    if m.model.one_hot:
+        inputs = torch.nn.functional.one_hot(inputs.long(), m.model.vocab_size).float()
+    rnn_class = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
+    rnn = rnn_class(inputs.shape[-1], m.hidden_size, batch_first=True)
+    readout = torch.nn.Linear(m.hidden_size, m.model.output_size)
+    parameters = [*rnn.parameters(), *readout.parameters()]
+    optimizer = torch.optim.RMSprop(parameters, lr=m.config.lr, alpha=m.config.rms_decay)
+
+    def loss_of(outputs):
+        if m.config.task == "adding":
+            return torch.nn.functional.mse_loss(outputs[:, -1, 0], targets)
+        return torch.nn.functional.cross_entropy(
+            outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1).long()
+        )
+
+    def run():
+        torch.set_num_threads(threads)
+        optimizer.zero_grad()
+        loss_of(readout(rnn(inputs)[0])).backward()
+        torch.nn.utils.clip_grad_value_(parameters, m.config.clip_value)
+        optimizer.step()
+
+    start = time.perf_counter()
+    run()
+    name = f"torch nn.{rnn_class.__name__} (H = {m.hidden_size}, {threads} thread"
+    return Step(name + ("s)" if threads > 1 else ")"), run, time.perf_counter() - start)
+
+
+def recurrent_flops(model: RegimeModel) -> float:
+    """FLOPs of a training step's recurrent matmuls: h U forward, and its two gradient
+    matmuls (with respect to h and to U) backward, at every step: 3 · T · 2 B H (G H)."""
+    design = model.model.design
+    width = sum(1 for _, s in design.learned_gates if s.h) + int(design.candidate.h)
+    batch, length = model.shape
+    hidden = model.hidden_size
+    return 3.0 * length * 2 * batch * hidden * width * hidden
+
+
+def roofline(model: RegimeModel) -> Step:
+    """One matmul of a step's recurrent FLOPs, (3 T B, H) × (H, G H): what the step's
+    recurrent arithmetic costs with none of the loop's overheads."""
+    hidden = model.hidden_size
+    width = round(recurrent_flops(model) / (2 * hidden * hidden * _rows(model)))
+    a = jnp.ones((_rows(model), hidden))
+    b = jnp.ones((hidden, width * hidden))
+    compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+    return Step(
+        f"roofline: one ({_rows(model)}, {hidden}) × ({hidden}, {width * hidden}) matmul",
+        lambda: compiled(a, b).block_until_ready(),
+        0.0,
+    )
+
+
+def _rows(model: RegimeModel) -> int:
+    batch, length = model.shape
+    return 3 * length * batch
+
+
+@dataclass(frozen=True)
+class RegimeTiming:
+    """One implementation's median step in one group of a regime, with its recurrent FLOPs."""
+
+    regime: str
+    group: str
+    name: str
+    seconds: float
+    compile_s: float
+    memory_bytes: int | None
+    flops: float
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.seconds / 1e9
+
+
+TORCH_THREADS = (1, 2)
+
+
+def regime_groups(regime: Regime) -> list[tuple[str, list[Step | None]]]:
+    """gru, lstm and mgu against Flax's cells and PyTorch's (each thread setting), with the
+    roofline of the group's model."""
+    groups = []
+    for cell in ("gru", "lstm", "mgu"):
+        ours_cell = "mgu_flax" if cell == "mgu" else cell
+        torch_steps = (
+            [regime_torch(regime, cell, n) for n in TORCH_THREADS] if cell != "mgu" else []
+        )
+        steps = [regime_ours(regime, ours_cell), regime_flax(regime, cell), *torch_steps]
+        groups.append((cell, [*steps, roofline(regime_model(regime, ours_cell))]))
+    return groups
+
+
+def compare_regime(regime: Regime, rounds: int) -> list[RegimeTiming]:
+    """Each design against its anchors and the roofline, one interleaved timing per group."""
+    timings = []
+    for group, steps in regime_groups(regime):
+        steps = [s for s in steps if s is not None]
+        flops = recurrent_flops(regime_model(regime, "mgu_flax" if group == "mgu" else group))
+        medians = time_interleaved(steps, rounds)
+        timings += [
+            RegimeTiming(
+                regime.name, group, s.name, medians[s.name], s.compile_s, s.memory_bytes, flops
+            )
+            for s in steps
+        ]
+    return timings
+
+
+def regime_seed_scaling(
+    regime: Regime, cell: str, seed_counts: list[int], rounds: int
+) -> dict[int, float]:
+    """Throughput of S seeds vmapped in one step over S single-seed steps, in the regime."""
+    single = regime_ours(regime, cell)
+    populations = {s: regime_ours(regime, cell, s) for s in seed_counts if s > 1}
+    medians = time_interleaved([single, *populations.values()], rounds)
+    speed_ups = {1: 1.0}
+    for seeds, step in populations.items():
+        speed_ups[seeds] = seeds * medians[single.name] / medians[step.name]
+    return speed_ups
+
+
+LOOP_CHUNK = 10
+
+
+def training_loop_step(regime: Regime, cell: str, seeds: int) -> Step:
+    """The step ``gru-research train`` runs (batch sampling inside the step, the optimiser,
+    the freeze of diverged seeds, per-step metrics): its compiled chunk of ``LOOP_CHUNK``
+    steps, timed per step."""
+    from gru_research.train import abstract_state, build_program
+
+    every = {"log_every": LOOP_CHUNK, "eval_every": LOOP_CHUNK, "checkpoint_every": LOOP_CHUNK}
+    config = dataclasses.replace(regime.config(cell, seeds), **every)
+    task = regime_task(config)
+    program = build_program(config, task, config.model_config(task))
+    state = program.init(seed_keys(config.seed_list))
+    start = time.perf_counter()
+    chunk = program.train_chunk.lower(abstract_state(program, config.seed_list), task.data)
+    compiled = chunk.compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], task.data)
+        jax.block_until_ready(metrics)
+
+    name = f"gru-research train's step ({cell}, {seeds} seed{'s' if seeds > 1 else ''})"
+    return Step(name, run, compile_s / LOOP_CHUNK, compiled_bytes(compiled))
+
+
+def loop_overhead(regime: Regime, cell: str, seeds: int, rounds: int) -> tuple[float, float]:
+    """Seconds per step of the training loop's program and of the bench step of the same model
+    and seeds, timed interleaved."""
+    loop = training_loop_step(regime, cell, seeds)
+    bench = regime_ours(regime, cell, seeds)
+    medians = time_interleaved([loop, bench], rounds)
+    return medians[loop.name] / LOOP_CHUNK, medians[bench.name]

@@ -100,6 +100,9 @@ class TrainConfig:
         "size every design to the largest hidden size within this many parameters",
         domain=POSITIVE_INT,
     )
+    one_hot: bool = option(
+        False, "token tasks: tokens enter the gates one-hot, no embedding (the uRNN code's copy)"
+    )
     layers: int = option(1, "recurrent layers", domain=POSITIVE_INT)
     block: str = option("plain", "plain stack or the residual block of Feng et al. (2024)", BLOCKS)
     scan: str = option("auto", "auto picks the parallel scan only off the CPU", SCAN_KINDS)
@@ -293,6 +296,7 @@ class TrainConfig:
                 recurrent_dropout=self.recurrent_dropout,
                 precision=self.precision,
                 remat=self.remat,
+                one_hot=self.one_hot,
             )
 
         if self.param_budget is None:

@@ -33,8 +33,9 @@ Array = jax.Array
 @dataclass(frozen=True)
 class ModelConfig:
     """A whole model. ``vocab_size`` set: token inputs through an embedding of width
-    ``embed_size`` (default ``hidden_size``); unset: ``input_size`` real-valued features per
-    step. ``precision="bfloat16"`` runs the matmuls in bfloat16 with float32 accumulation
+    ``embed_size`` (default ``hidden_size``), or with ``one_hot`` as one-hot vectors straight
+    into the gates (the uRNN code's copy models); unset: ``input_size`` real-valued features
+    per step. ``precision="bfloat16"`` runs the matmuls in bfloat16 with float32 accumulation
     (state and gate arithmetic stay float32); ``remat`` recomputes each step's activations in
     the backward pass instead of storing them (long sequences)."""
 
@@ -53,6 +54,7 @@ class ModelConfig:
     embed_size: int | None = None
     precision: Literal["float32", "bfloat16"] = "float32"
     remat: bool = False
+    one_hot: bool = False
 
     def __post_init__(self) -> None:
         get_design(self.cell)
@@ -75,6 +77,8 @@ class ModelConfig:
             )
         if self.embed_size is not None and (self.embed_size < 1 or self.block == "residual"):
             raise ValueError("embed_size must be positive, and the residual block keeps width H")
+        if self.one_hot and (not self.vocab_size or self.embed_size or self.block == "residual"):
+            raise ValueError("one_hot needs token inputs (a vocabulary), no embed_size, plain")
         if self.block not in ("plain", "residual"):
             raise ValueError(f"unknown block {self.block!r}; valid blocks: plain, residual")
 
@@ -90,7 +94,9 @@ class ModelConfig:
     @property
     def feature_size(self) -> int:
         """Width of what the first layer (plain) or the input projection (residual) reads."""
-        return (self.embed_size or self.hidden_size) if self.vocab_size else self.input_size
+        if not self.vocab_size:
+            return self.input_size
+        return self.vocab_size if self.one_hot else self.embed_size or self.hidden_size
 
     @property
     def compute_dtype(self):
@@ -117,7 +123,7 @@ def init_model(key: Array, config: ModelConfig) -> Params:
     H = config.hidden_size
     k_embed, k_in, k_out, *k_layers = jax.random.split(key, 3 + config.num_layers)
     params: Params = {}
-    if config.vocab_size:
+    if config.vocab_size and not config.one_hot:
         params["embed"] = jax.random.normal(k_embed, (config.vocab_size, config.feature_size))
     if config.block == "plain":
         sizes = [config.feature_size] + [config.layer_width] * (config.num_layers - 1)
@@ -256,7 +262,7 @@ def apply_model(
     every step and ``trace`` returns one :class:`~gru_research.scan.LayerTrace` per layer as a
     third value (see :func:`run_layer`); bidirectional layers take neither.
     """
-    x = params["embed"][inputs] if config.vocab_size else inputs
+    x = embed_inputs(params, config, inputs)
     carries = list(carries) if carries is not None else [None] * config.num_layers
     offsets = list(carry_offsets) if carry_offsets is not None else [None] * config.num_layers
 
@@ -295,6 +301,15 @@ def apply_model(
     x = dropout(keys(config.num_layers)[0], config.dropout, x)
     outputs = _apply_dense(params["readout"], x)
     return (outputs, new_carries, traces) if trace else (outputs, new_carries)
+
+
+def embed_inputs(params: Params, config: ModelConfig, inputs: Array) -> Array:
+    """What the first layer reads: embedded or one-hot tokens, or the features themselves."""
+    if not config.vocab_size:
+        return inputs
+    if config.one_hot:
+        return jax.nn.one_hot(inputs, config.vocab_size)
+    return params["embed"][inputs]
 
 
 def initial_carries(params: Params, config: ModelConfig, batch: int) -> list[Carry]:

@@ -28,8 +28,9 @@ backward pass; and ``trace``, every step's gate values and carry (:class:`LayerT
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,7 @@ from gru_research.cells import (
     hidden_state,
     initial_carry,
     input_projection,
+    layer_sizes,
     log_recurrence_coefficients,
     matmul,
     output_from_states,
@@ -215,10 +217,26 @@ def run_layer(
     batch, length = xs.shape[:2]
     fresh = initial_carry(params, design, (batch,))
     carry = fresh if carry is None else carry
-    # time-major before the projection: one transpose of x, not one per gate of W x
-    pre = input_projection(params, design, jnp.swapaxes(xs, 0, 1), compute_dtype)
     valid, restart = step_masks(batch, length, seq_lengths, resets)
     offsets = None if carry_offsets is None else jax.tree.map(_swap_time, carry_offsets)
+    xs = jnp.swapaxes(xs, 0, 1)  # time-major: one transpose of x, not one per gate of W x
+    if design.reads_state and not trace and projects_in_loop(params):
+        out = state_reading_scan(
+            params,
+            design,
+            carry,
+            fresh,
+            xs,
+            None if seq_lengths is None else valid,
+            None if resets is None else restart,
+            h_mask,
+            compute_dtype,
+            remat,
+            offsets,
+            project=True,
+        )
+        return _swap_time(out[0]), out[1]
+    pre = input_projection(params, design, xs, compute_dtype)
     if design.reads_state or trace:
         out = state_reading_scan(
             params,
@@ -267,6 +285,18 @@ def run_layer(
     return _swap_time(ys), ((final_state, final_h) if lstm else final_state)
 
 
+def projects_in_loop(params: Params) -> bool:
+    """Whether a state-reading layer computes W x_t + b inside its time loop (inputs narrower
+    than the state) rather than hoisted over the whole sequence.
+
+    On XLA's CPU backend a step that reads a time slice of a hoisted (T, B, G·H) array runs
+    its gate arithmetic about 2× slower than one that reads the output of a matmul (measured
+    at B = 50, H = 128: docs/design.md §4), so a narrow input is cheaper to project per step.
+    """
+    inputs, hidden = layer_sizes(params)
+    return 0 < inputs < hidden
+
+
 def _swap_time(v: Array) -> Array:
     """(B, T, ...) ↔ (T, B, ...)."""
     return jnp.swapaxes(v, 0, 1)
@@ -277,7 +307,7 @@ def state_reading_scan(
     design: GateDesign,
     carry: Carry,
     fresh: Carry,
-    pre: dict[str, Array],
+    pre: dict[str, Array] | Array,
     valid: Array | None = None,
     restart: Array | None = None,
     h_mask: Array | None = None,
@@ -285,26 +315,29 @@ def state_reading_scan(
     remat: bool = False,
     offsets: Carry | None = None,
     trace: bool = False,
+    project: bool = False,
 ) -> tuple[Array, Carry] | tuple[Array, Carry, LayerTrace]:
     """The time loop of a design that reads its state, over time-major ``pre`` (T, B, ·).
 
     Forward, one ``lax.scan`` whose step is one fused matmul h U (B, H) × (H, G·H) and the
-    element-wise update. Backward (a ``jax.custom_vjp``, as cuDNN does it): a reverse scan
-    collects each step's gradient with respect to h U, and the gradient of U is formed after
-    it as *one* (H, T·B) × (T·B, G·H) matmul instead of T small ones accumulated in the loop
-    (docs/design.md §4). Equal to JAX's own gradient of the plain scan (tests/test_fast_paths.py).
-    ``valid`` and ``restart`` are the (T, B, 1) masks of :func:`step_masks`, None when there
-    are none; ``offsets`` (time-major) are inputs of the loop like ``pre``, so the custom
-    backward differentiates them too. ``trace`` runs the plain scan (JAX's own gradient) and
-    also returns a time-major :class:`LayerTrace`; it runs any design (one that does not read
-    h has a fused kernel of width 0).
+    element-wise update; with ``project``, ``pre`` is the raw input x (T, B, I) and each step
+    computes its own W x_t + b (:func:`projects_in_loop`). Backward (a ``jax.custom_vjp``, as
+    cuDNN does it): the gradient of U is formed after the loop as *one* (H, T·B) × (T·B, G·H)
+    matmul instead of T small ones accumulated in it, and so are those of W and b
+    (docs/design.md §4). Equal to JAX's own gradient of the plain scan
+    (tests/test_fast_paths.py). ``valid`` and ``restart`` are the (T, B, 1) masks of
+    :func:`step_masks`, None when there are none; ``offsets`` (time-major) are inputs of the
+    loop like ``pre``, so the custom backward differentiates them too. ``trace`` runs the plain
+    scan (JAX's own gradient) and also returns a time-major :class:`LayerTrace`; it runs any
+    design (one that does not read h has a fused kernel of width 0).
     """
     others = {"U": {}}
     if design.family == "gru" and design.candidate.h and design.reset == "before":
         others["U"][design.candidate_name] = params["U"][design.candidate_name]
     if "c_h" in params:
         others["c_h"] = params["c_h"]
-    consts = {"params": others, "fresh": fresh, "h_mask": h_mask}
+    projection = {"W": params["W"], "b": params["b"]} if project else None
+    consts = {"params": others, "fresh": fresh, "h_mask": h_mask, "projection": projection}
     as_float = lambda mask: None if mask is None else mask.astype(jnp.float32)  # noqa: E731
     xs = (pre, as_float(valid), as_float(restart), offsets)
 
@@ -314,8 +347,14 @@ def state_reading_scan(
     def read(consts, c, x):
         return read_state(design, restarted(consts, c, x[2]), consts["h_mask"])
 
-    def step(consts, c, hp, x):
-        pre_t, valid_t, restart_t, offset_t = x
+    def pre_of(consts, x):
+        """W x_t + b of this step: projected here, or read from the hoisted projection."""
+        if consts["projection"] is None:
+            return x[0]
+        return input_projection(consts["projection"], design, x[0], compute_dtype)
+
+    def step(consts, c, hp, pre_t, x):
+        _, valid_t, restart_t, offset_t = x
         c_new, gates = recurrent_update(
             consts["params"],
             design,
@@ -335,65 +374,94 @@ def state_reading_scan(
         full = {n: jnp.broadcast_to(jnp.asarray(g, y.dtype), y.shape) for n, g in gates.items()}
         return c_new, (y, full, c_new)
 
+    loop = Loop(pre_of, step, read, compute_dtype)
     kernel = fused_recurrent_kernel(params, design)
     if trace:
         (last, (ys, gates, carries)), _ = _plain_scan(
-            step, read, compute_dtype, kernel, consts, carry, xs, lambda c, hp: None
+            loop, kernel, consts, carry, xs, lambda c, hp: None
         )
         return ys, last, LayerTrace(gates, carries)
-    last, ys = _fused_kernel_grad_scan(step, read, compute_dtype, remat, kernel, consts, carry, xs)
+    last, ys = _fused_kernel_grad_scan(loop, remat, kernel, consts, carry, xs)
     return ys, last
 
 
-def _plain_scan(step, read, compute_dtype, kernel, consts, carry, xs, keep):
+class Loop(NamedTuple):
+    """The functions of a state-reading layer's time loop (static: they close over the design).
+
+    * ``pre_of(consts, x)``: the step's input pre-activations W x_t + b;
+    * ``step(consts, c, hp, pre, x)``: the new carry and the output, given hp = h U;
+    * ``read(consts, c, x)``: the h the recurrent matmul reads (restarts and dropout applied).
+    """
+
+    pre_of: Callable
+    step: Callable
+    read: Callable
+    compute_dtype: Any
+
+
+def _plain_scan(loop: Loop, kernel, consts, carry, xs, keep):
     """The forward loop; ``keep(c, hp)`` picks what each step stores besides its output."""
 
     def body(c, x):
-        hp = matmul(read(consts, c, x), kernel, compute_dtype)
-        new, y = step(consts, c, hp, x)
+        hp = matmul(loop.read(consts, c, x), kernel, loop.compute_dtype)
+        new, y = loop.step(consts, c, hp, loop.pre_of(consts, x), x)
         return new, (y, keep(c, hp))
 
     last, (ys, kept) = jax.lax.scan(body, carry, xs)
     return (last, ys), kept
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _fused_kernel_grad_scan(step, read, compute_dtype, remat, kernel, consts, carry, xs):
-    return _plain_scan(step, read, compute_dtype, kernel, consts, carry, xs, lambda c, hp: None)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused_kernel_grad_scan(loop, remat, kernel, consts, carry, xs):
+    return _plain_scan(loop, kernel, consts, carry, xs, lambda c, hp: None)[0]
 
 
-def _fused_kernel_grad_forward(step, read, compute_dtype, remat, kernel, consts, carry, xs):
+def _fused_kernel_grad_forward(loop, remat, kernel, consts, carry, xs):
     keep = (lambda c, hp: (c, None)) if remat else (lambda c, hp: (c, hp))
-    out, (carries, hps) = _plain_scan(step, read, compute_dtype, kernel, consts, carry, xs, keep)
+    out, (carries, hps) = _plain_scan(loop, kernel, consts, carry, xs, keep)
     return out, (kernel, consts, carries, hps, xs)
 
 
-def _fused_kernel_grad_backward(step, read, compute_dtype, remat, residuals, cotangents):
+def _fused_kernel_grad_backward(loop, remat, residuals, cotangents):
+    """The backward loop: each step's ``jax.vjp`` (its forward recomputed from the kept state
+    and h U, or h U too under remat), collecting the gradients with respect to h U and to
+    W x_t + b; those of U, and of W and b when each step projects its own input, are formed
+    after the loop, each as one matmul over all steps."""
     kernel, consts, carries, hps, xs = residuals
     d_last, d_ys = cotangents
     add = partial(jax.tree.map, lambda *vs: sum(vs))
+    kernel_t = kernel.T  # once, not in every step
+    dtype = loop.compute_dtype
 
     def body(acc, inputs):
         d_carry, d_consts = acc
         c, hp, x, d_y = inputs
         if hp is None:
-            hp = matmul(read(consts, c, x), kernel, compute_dtype)
-        _, step_vjp = jax.vjp(step, consts, c, hp, x)
-        d_consts_step, d_c_step, d_hp, d_x_step = step_vjp((d_carry, d_y))
-        h_read, read_vjp = jax.vjp(read, consts, c, x)
-        d_h_read = matmul(d_hp, kernel.T, compute_dtype).astype(h_read.dtype)
+            hp = matmul(loop.read(consts, c, x), kernel, dtype)
+        _, step_vjp = jax.vjp(loop.step, consts, c, hp, loop.pre_of(consts, x), x)
+        d_consts_step, d_c_step, d_hp, d_pre, d_x_step = step_vjp((d_carry, d_y))
+        h_read, read_vjp = jax.vjp(loop.read, consts, c, x)
+        d_h_read = matmul(d_hp, kernel_t, dtype).astype(h_read.dtype)
         d_consts_read, d_c_read, d_x_read = read_vjp(d_h_read)
         acc = (add(d_c_step, d_c_read), add(d_consts, d_consts_step, d_consts_read))
-        return acc, (add(d_x_step, d_x_read), d_hp, h_read)
+        return acc, (add(d_x_step, d_x_read), d_pre, d_hp, h_read)
 
     zeros = jax.tree.map(jnp.zeros_like, consts)
-    (d_carry, d_consts), (d_xs, d_hps, h_reads) = jax.lax.scan(
+    (d_carry, d_consts), (d_xs, d_pres, d_hps, h_reads) = jax.lax.scan(
         body, (d_last, zeros), (carries, hps, xs, d_ys), reverse=True
     )
-    d_kernel = matmul(
-        h_reads.reshape(-1, h_reads.shape[-1]).T, d_hps.reshape(-1, d_hps.shape[-1]), compute_dtype
-    ).astype(kernel.dtype)
-    return d_kernel, d_consts, d_carry, d_xs
+    # W x_t + b of every step at once: its gradient with respect to W, b and x
+    _, pre_vjp = jax.vjp(jax.vmap(loop.pre_of, in_axes=(None, 0)), consts, xs)
+    d_consts_pre, d_xs_pre = pre_vjp(d_pres)
+    d_consts = add(d_consts, d_consts_pre)
+    d_kernel = _kernel_gradient(h_reads, d_hps, kernel, dtype)
+    return d_kernel, d_consts, d_carry, add(d_xs, d_xs_pre)
+
+
+def _kernel_gradient(h_reads: Array, d_hps: Array, kernel: Array, compute_dtype) -> Array:
+    """dL/dU = Σ_t h_t^T (dL/d(h_t U)): one (H, T·B) × (T·B, G·H) matmul."""
+    flat = lambda v: v.reshape(-1, v.shape[-1])  # noqa: E731
+    return matmul(flat(h_reads).T, flat(d_hps), compute_dtype).astype(kernel.dtype)
 
 
 _fused_kernel_grad_scan.defvjp(_fused_kernel_grad_forward, _fused_kernel_grad_backward)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import importlib
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from gru_research import bench
@@ -32,6 +34,7 @@ def scripts():
         yield SimpleNamespace(
             campaign=importlib.import_module("campaign"),
             feng_speed=importlib.import_module("feng_speed"),
+            small_models=importlib.import_module("small_models"),
         )
 
 
@@ -358,3 +361,108 @@ def test_cli_bench_rejects_bad_configs_in_one_line(capsys):
     assert error.count("\n") == 1 and "valid: small, medium, long" in error
     with pytest.raises(SystemExit):
         cli_main(["bench", "--feng-speed"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the papers' small-model regime
+
+
+def test_regimes_are_the_papers_models():
+    from gru_research.model import model_param_count
+
+    regimes = bench._regimes()
+    copy, adding = regimes["copy"], regimes["adding"]
+    lstm, tanh = bench.regime_model(copy, "lstm"), bench.regime_model(copy, "rnn_tanh")
+    assert (lstm.hidden_size, tanh.hidden_size) == (40, 80)
+    assert lstm.model.one_hot and lstm.batch[0].shape == (20, 120)  # B = 20, T + 20 steps
+    gru = bench.regime_model(copy, "gru")
+    budget = model_param_count(lstm.model)
+    assert model_param_count(gru.model) <= budget
+    assert model_param_count(replace(gru.model, hidden_size=gru.hidden_size + 1)) > budget
+    add = bench.regime_model(adding, "gru")
+    assert add.hidden_size == 128 and add.batch[0].shape == (50, 200, 2)
+    assert add.config.optimizer == "rmsprop" and add.config.clip_value == 1.0
+    assert bench.recurrent_flops(add) == 3 * 200 * 2 * 50 * 128 * 3 * 128
+    seeded = bench.regime_model(adding, "gru", seeds=3)
+    assert seeded.batch[0].shape == (3, 50, 200, 2) and seeded.shape == (50, 200)
+    assert not jnp.array_equal(seeded.batch[0][0], seeded.batch[0][1])  # a batch per seed
+
+
+def tiny_regime(name: str) -> bench.Regime:
+    regime = bench._regimes()[name]
+    return replace(regime, base=replace(regime.base, seq_len=4, batch_size=3))
+
+
+def test_regime_steps_train_and_the_loop_step_advances():
+    regime = tiny_regime("copy")
+    for step in (bench.regime_ours(regime, "gru"), bench.regime_ours(regime, "gru", 2)):
+        step.run()
+        assert positive_finite(step.compile_s)
+    loop = bench.training_loop_step(regime, "lstm", 2)
+    loop.run()
+    loop.run()
+    assert positive_finite(loop.compile_s)
+    roofline = bench.roofline(bench.regime_model(regime, "gru"))
+    roofline.run()
+    assert roofline.name.endswith("(216, 46) × (46, 138) matmul")  # 3 T B = 3 · 24 · 3
+
+
+def fake_small_models(scripts, seed_speed_up: float, roofline_s: float) -> object:
+    """Small-model measurements with known numbers: ours 1.0 s, Flax 1.2 s, torch 2.0 s at
+    its better thread setting."""
+    flops = 1e9
+
+    def timing(regime, group, name, seconds):
+        return bench.RegimeTiming(regime, group, name, seconds, 1.0, None, flops)
+
+    timings = []
+    for cell, flax in (("gru", "GRUCell"), ("lstm", "OptimizedLSTMCell")):
+        timings += [
+            timing("copy", cell, f"gru-research {cell} (H = 8)", 1.0),
+            timing("copy", cell, f"flax nn.RNN({flax}) (H = 8)", 1.2),
+            timing("copy", cell, f"torch nn.{cell.upper()} (H = 8, 1 thread)", 3.0),
+            timing("copy", cell, f"torch nn.{cell.upper()} (H = 8, 2 threads)", 2.0),
+            timing("copy", cell, "roofline: one matmul", roofline_s),
+        ]
+    small = scripts.small_models
+    return small.SmallModels(
+        regimes=("copy",),
+        timings=timings,
+        seeds={("copy", c): {1: 1.0, 2: 0.9, 8: seed_speed_up} for c in ("gru", "lstm")},
+        loops=[small.LoopTiming("copy", "gru", 8, 1.1, 1.0)],
+        phases={
+            "after": {
+                "gru-research gru": dict.fromkeys(small.PHASE_NAMES, 1.0),
+                "flax gru": dict.fromkeys(small.PHASE_NAMES, 2.0),
+            }
+        },
+        before=None,
+        wall_s=1.0,
+    )
+
+
+@pytest.mark.parametrize(("roofline_s", "flax_verdict"), [(0.5, "**not held**"), (0.8, "**held**")])
+def test_small_model_targets_from_known_numbers(scripts, roofline_s, flax_verdict):
+    small = fake_small_models(scripts, seed_speed_up=3.5, roofline_s=roofline_s)
+    text = scripts.campaign.render(fake_measurements(scripts), "cmd", "cpu", None, small)
+    assert not FORBIDDEN.search(text)
+    rows = {r["target"]: r for r in table_rows(text, "## Speed targets")}
+    flax = rows["copy, 1 seed: gru-research gru vs flax nn.RNN(GRUCell), step throughput"]
+    share = roofline_s  # ours 1 GFLOP/s against the roofline's 1 / roofline_s
+    assert flax["measured"] == f"1.20× ({share:.0%} of the roofline)"
+    assert flax["verdict"] == flax_verdict  # 1.2 < 1.5: held only at ≥ 70 % of the roofline
+    torch = rows["copy, 1 seed: gru-research lstm vs torch nn.LSTM, step throughput"]
+    assert torch["measured"].startswith("2.00× (") and "2 threads" in torch["measured"]
+    seeds = rows["copy: 8 seeds vmapped vs 8 single-seed steps (gru), on a CPU"]
+    assert seeds["measured"].startswith("3.50×") and seeds["verdict"] == "**held**"
+    floor = rows["copy: S seeds vmapped vs S single-seed steps (gru), every S ≥ 2"]
+    assert floor["measured"] == "0.90× (at S = 2)" and floor["verdict"] == "**not held**"
+    gpu = rows["copy: 8 seeds vmapped vs 8 single-seed steps (gru), on a GPU"]
+    assert gpu["measured"] == "not measured on this backend (cpu)"
+    loop = rows["copy: the training loop's step over the bench step (gru, 8 seeds)"]
+    assert loop["measured"] == "1.10×" and loop["verdict"] == "**held**"
+    assert "### Seeds vmapped: throughput over S single-seed steps" in text
+    phases = table_rows(
+        text, "### Where the time goes (adding regime; ms, medians of interleaved rounds)"
+    )
+    assert phases[0]["Flax's step time over this one"] == "2"

@@ -21,6 +21,7 @@ from gru_research.model import (
     design_param_count,
     init_model,
     init_population,
+    model_param_count,
     over_seeds,
     seed_keys,
 )
@@ -274,3 +275,20 @@ def test_zero_carry_shapes():
 def test_model_config_refuses_impossible_sizes(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad)
+
+
+def test_one_hot_tokens_equal_an_identity_embedding():
+    """``one_hot``: tokens enter the gates as one-hot vectors (no embedding parameter), which is
+    the embedded model with the embedding fixed to the identity."""
+    one_hot = ModelConfig(cell="lstm", vocab_size=10, hidden_size=6, output_size=9, one_hot=True)
+    embedded = replace(one_hot, one_hot=False, embed_size=10)
+    params = init_model(jax.random.key(0), one_hot)
+    assert "embed" not in params and params["layers"][0]["W"]["i"].shape == (10, 6)
+    tokens = jax.random.randint(jax.random.key(1), (3, 7), 0, 10)
+    with_identity = {**params, "embed": jnp.eye(10)}
+    assert jnp.allclose(
+        apply_model(params, one_hot, tokens)[0], apply_model(with_identity, embedded, tokens)[0]
+    )
+    assert model_param_count(one_hot) == count_params(params)
+    with pytest.raises(ValueError, match="one_hot needs token inputs"):
+        ModelConfig(cell="gru", input_size=2, one_hot=True)

@@ -206,3 +206,26 @@ def test_seeds_sharded_over_four_host_devices_equal_one_device(tmp_path):
     single = train(config, tmp_path / "single", wandb_mode="disabled", progress=False)
     assert json.loads((tmp_path / "single" / "config.json").read_text())["seed_devices"] == 1
     np.testing.assert_allclose(sharded["final"]["loss"], single["final"]["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm", "gru_reset_before"])
+def test_projection_in_the_loop_equals_the_hoisted_one(name, monkeypatch):
+    """Inputs narrower than the state are projected inside the loop (W x_t + b per step, its
+    gradient formed after the loop); outputs and gradients equal the hoisted projection."""
+    from gru_research import scan
+
+    design = replace(PRESETS[name], learn_initial_state=True)
+    params = init_layer(jax.random.key(0), design, I, H)
+    xs, seq_lengths, resets, h_mask = _inputs()
+    assert scan.projects_in_loop(params)  # I < H
+
+    def layer(p, x):
+        return run_layer(p, design, x, seq_lengths=seq_lengths, resets=resets, h_mask=h_mask)
+
+    in_loop = layer(params, xs), jax.grad(_loss(layer), argnums=(0, 1))(params, xs)
+    monkeypatch.setattr(scan, "projects_in_loop", lambda p: False)
+    hoisted = layer(params, xs), jax.grad(_loss(layer), argnums=(0, 1))(params, xs)
+    assert max_abs_diff(in_loop, hoisted) <= 1e-5
+    wide = init_layer(jax.random.key(0), design, H + 1, H)
+    monkeypatch.undo()
+    assert not scan.projects_in_loop(wide)  # I ≥ H: hoisted, one matmul for the sequence
