@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from common import Reading, Target, readable
+from common import Reading, Target
 
 from gru_research import bench
 from gru_research.bench import RegimeTiming
@@ -186,26 +186,7 @@ def targets(m: SmallModels) -> list[tuple[Target, Reading]]:
 
 def timing_rows(m: SmallModels) -> list[dict]:
     """Every implementation's step, its recurrent GFLOP/s and its share of the roofline."""
-    rows = []
-    for regime in m.regimes:
-        for group in dict.fromkeys(t.group for t in m.timings if t.regime == regime):
-            timings = group_timings(m, regime, group)
-            first, roofline = timings[0].seconds, roofline_gflops(timings)
-            rows += [
-                {
-                    "regime": regime,
-                    "group": group,
-                    "implementation": t.name,
-                    "ms/step": readable(t.seconds * 1e3),
-                    "vs first": t.seconds / first,
-                    "recurrent GFLOP/s": t.gflops,
-                    "of the roofline": f"{t.gflops / roofline:.0%}" if roofline else "–",
-                    "compile s": t.compile_s if not t.name.startswith("roofline") else None,
-                    "MiB": None if t.memory_bytes is None else t.memory_bytes / 2**20,
-                }
-                for t in timings
-            ]
-    return rows
+    return bench.regime_records(m.timings)
 
 
 def seed_rows(m: SmallModels) -> list[dict]:

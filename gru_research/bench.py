@@ -63,6 +63,21 @@ def named_configs(names: str) -> list[BenchConfig]:
     return [CONFIGS[name] for name in chosen]
 
 
+def split_configs(names: str) -> tuple[list[BenchConfig], list[Regime]]:
+    """The harness configurations and the papers' regimes named in ``names`` (comma-separated),
+    each in order; a ValueError names every valid name."""
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    regimes = _regimes()
+    unknown = [name for name in chosen if name not in CONFIGS and name not in regimes]
+    if unknown or not chosen:
+        given = ", ".join(unknown) if unknown else repr(names)
+        valid = ", ".join([*CONFIGS, *regimes])
+        raise ValueError(f"unknown benchmark configuration {given}; valid: {valid}")
+    return [CONFIGS[n] for n in chosen if n in CONFIGS], [
+        regimes[n] for n in chosen if n in regimes
+    ]
+
+
 @dataclass
 class Step:
     """One implementation's training step: ``run()`` does one step and waits for it."""
@@ -617,8 +632,8 @@ def regime_torch(regime: Regime, cell: str, threads: int) -> Step | None:
         return None
     m = regime_model(regime, cell)
     torch.manual_seed(0)
-    inputs = torch.as_tensor(np.asarray(m.batch[0]))
-    targets = torch.as_tensor(np.asarray(m.batch[1]))
+    inputs = torch.as_tensor(np.array(m.batch[0]))
+    targets = torch.as_tensor(np.array(m.batch[1]))
     if m.model.one_hot:
         inputs = torch.nn.functional.one_hot(inputs.long(), m.model.vocab_size).float()
     rnn_class = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
@@ -692,6 +707,30 @@ class RegimeTiming:
     @property
     def gflops(self) -> float:
         return self.flops / self.seconds / 1e9
+
+
+def regime_records(timings: list[RegimeTiming]) -> list[dict[str, str | float | None]]:
+    """One record per timing: its step, the step over the first of its group's, its recurrent
+    GFLOP/s and its share of the group's roofline."""
+    records = []
+    for key in dict.fromkeys((t.regime, t.group) for t in timings):
+        group = [t for t in timings if (t.regime, t.group) == key]
+        roofline = next((t.gflops for t in group if t.name.startswith("roofline")), None)
+        records += [
+            {
+                "regime": t.regime,
+                "group": t.group,
+                "implementation": t.name,
+                "ms/step": _whole_if_large(t.seconds * 1e3),
+                "vs first": t.seconds / group[0].seconds,
+                "recurrent GFLOP/s": t.gflops,
+                "of the roofline": f"{t.gflops / roofline:.0%}" if roofline else "–",
+                "compile s": None if t.name.startswith("roofline") else t.compile_s,
+                "MiB": None if t.memory_bytes is None else t.memory_bytes / 2**20,
+            }
+            for t in group
+        ]
+    return records
 
 
 TORCH_THREADS = (1, 2)

@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     gradflow.add_argument("--out", default="results/gradflow", help="CSV, plot and rates here")
     bench = commands.add_parser("bench", help="training-step throughput against Flax and PyTorch")
     bench.add_argument(
-        "--configs", default="small,medium,long", help="comma-separated: small, medium, long"
+        "--configs",
+        default="small,medium,long",
+        help="comma-separated: small, medium, long, and the papers' copy, adding",
     )
     bench.add_argument("--rounds", type=positive_int, default=7)
     bench.add_argument("--out", default=None, help="also write the table to this file")
@@ -260,13 +262,20 @@ def run_gradflow(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    """Time the chosen configurations against the anchors; print one markdown table."""
-    from gru_research.bench import compare, named_configs, timing_records
+    """Time the chosen configurations against the anchors; print one markdown table (and one
+    for the papers' regimes, with the roofline)."""
+    from gru_research import bench
     from gru_research.reporting import markdown_table
 
-    configs = named_configs(args.configs)
-    timings = [t for cfg in configs for t in compare(cfg, args.rounds)]
-    text = markdown_table(timing_records(timings))
+    configs, regimes = bench.split_configs(args.configs)
+    tables = []
+    if configs:
+        timings = [t for cfg in configs for t in bench.compare(cfg, args.rounds)]
+        tables.append(markdown_table(bench.timing_records(timings)))
+    if regimes:
+        timings = [t for r in regimes for t in bench.compare_regime(r, args.rounds)]
+        tables.append(markdown_table(bench.regime_records(timings)))
+    text = "\n".join(tables)
     if args.out:
         write_atomic(Path(args.out), text)
     print(text, end="")

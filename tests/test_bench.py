@@ -466,3 +466,14 @@ def test_small_model_targets_from_known_numbers(scripts, roofline_s, flax_verdic
         text, "### Where the time goes (adding regime; ms, medians of interleaved rounds)"
     )
     assert phases[0]["Flax's step time over this one"] == "2"
+
+
+def test_cli_bench_prints_the_regime_table_with_its_roofline(scripts, monkeypatch, capsys):
+    from gru_research.cli import main as cli_main
+
+    timings = fake_small_models(scripts, seed_speed_up=2.0, roofline_s=0.5).timings
+    monkeypatch.setattr(bench, "compare_regime", lambda regime, rounds: timings)
+    assert cli_main(["bench", "--configs", "copy", "--rounds", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("| regime | group | implementation | ms/step | vs first |")
+    assert "| copy | gru | flax nn.RNN(GRUCell) (H = 8) | 1,200 | 1.2 | 0.833 | 42% |" in printed

@@ -1,0 +1,84 @@
+"""The main job on every core: `gru-research sweep experiments/quick.yaml` with --jobs 1 and
+--jobs 2, timed, into fresh folders; the report also checks that both give the same tables.
+
+    python benchmarks/jobs_speed.py --out results/jobs_speed.md
+
+``--jobs 1`` trains the points one after another in the sweep's own process (XLA's threads over
+every core); ``--jobs 2`` trains two at once, each worker pinned to half the cores. The tables
+are compared as the report prints them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import OneLineParser
+
+from gru_research.reporting import markdown_table, report_header, verdict
+from gru_research.tracking import write_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL = 1.6
+
+
+def run_main_job(sweep: Path, out: Path, jobs: int) -> float:
+    """Wall seconds of one sweep invocation (W&B off: the job's own speed, not the tracker's)."""
+    command = [sys.executable, "-m", "gru_research.cli", "sweep", str(sweep), "--out", str(out)]
+    command += ["--jobs", str(jobs), "--wandb", "disabled"]
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def tables(report: Path) -> str:
+    """The report's table sections: what must not depend on how the points ran."""
+    text = report.read_text()
+    return text[text.index("## Final test") :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="jobs_speed.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", type=Path, default=ROOT / "experiments" / "quick.yaml")
+    parser.add_argument("--out", type=Path, default=Path("results/jobs_speed.md"))
+    args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
+    seconds, reports = {}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        for jobs in (1, 2):
+            out = Path(folder) / f"jobs{jobs}"
+            seconds[jobs] = run_main_job(args.sweep, out, jobs)
+            reports[jobs] = tables(out / "report.md")
+    speed_up = seconds[1] / seconds[2]
+    same = reports[1] == reports[2]
+    rows = [
+        {"run": "--jobs 1 (in the sweep's process)", "wall s": seconds[1]},
+        {"run": "--jobs 2 (two workers, half the cores each)", "wall s": seconds[2]},
+    ]
+    target = {
+        "target": "the main job with --jobs 2 over --jobs 1",
+        "goal": f"≥ {GOAL:g}×",
+        "measured": f"{speed_up:.2f}×",
+        "verdict": f"**{verdict(speed_up >= GOAL)}**",
+    }
+    lines = report_header(
+        "The main job on every core",
+        __doc__.split("\n\n")[1].replace("\n", " "),
+        f"python benchmarks/jobs_speed.py --sweep {args.sweep.relative_to(ROOT)} --out {args.out}",
+        f"CPUs: {os.cpu_count()}; load average when it started: {load:.2f}",
+    )
+    lines += ["", markdown_table([target]).rstrip("\n"), "", markdown_table(rows).rstrip("\n")]
+    lines += ["", f"The two runs' tables are {'identical' if same else 'DIFFERENT'}."]
+    text = "\n".join(lines) + "\n"
+    write_atomic(args.out, text)
+    print(text, end="")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
