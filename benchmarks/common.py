@@ -68,6 +68,7 @@ class Target:
     at_most: bool = False
     backend: str | None = None
     roofline_share: float | None = None  # met too at this share of the roofline's GFLOP/s
+    why: str = ""  # what limits the measured number, printed when the target is not met
 
     def met_by(self, value: float, share: float | None = None) -> bool:
         if self.roofline_share is not None and share is not None and share >= self.roofline_share:
@@ -109,3 +110,23 @@ def target_row(target: Target, reading: Reading, backend: str) -> dict[str, str]
         "measured": measured,
         "verdict": bold(outcome),
     }
+
+
+def shortfalls(pairs: list[tuple[Target, Reading]], backend: str) -> list[dict[str, str]]:
+    """Every measured target that is not met: by how much (the factor the measured number
+    would still need) and what limits it."""
+    rows = []
+    for target, reading in pairs:
+        if target.backend not in (None, backend) or reading.value is None:
+            continue
+        if target.met_by(reading.value, reading.roofline_share) or reading.value <= 0:
+            continue
+        factor = reading.value / target.goal if target.at_most else target.goal / reading.value
+        rows.append(
+            {
+                "target": target.text,
+                "short by": f"{factor:.2f}×",
+                "why": target.why or "see the tables below",
+            }
+        )
+    return rows
