@@ -423,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         small = small_models.measure(args.regimes, args.rounds, args.seeds, args.before)
     measured = measure(args.configs, args.rounds, args.seeds, args.lengths)
     plot_path = args.out.with_suffix(".png")
-    plot(measured.length_curves, measured.seed_speed_ups, plot_path)
+    # rendered before the plot is written, so that the report's commit is the code's own
     text = render(measured, command, jax.default_backend(), plot_path.name, small)
+    plot(measured.length_curves, measured.seed_speed_ups, plot_path)
     write_atomic(args.out, text)
     print(text, end="")
     return 0

@@ -286,15 +286,16 @@ def run_layer(
 
 
 def projects_in_loop(params: Params) -> bool:
-    """Whether a state-reading layer computes W x_t + b inside its time loop (inputs narrower
-    than the state) rather than hoisted over the whole sequence.
+    """Whether a state-reading layer computes W x_t + b inside its time loop rather than
+    hoisted over the whole sequence: for inputs at most a quarter as wide as the state, where
+    the per-step matmul adds at most a quarter to the recurrent one.
 
     On XLA's CPU backend a step that reads a time slice of a hoisted (T, B, G·H) array runs
     its gate arithmetic about 2× slower than one that reads the output of a matmul (measured
     at B = 50, H = 128: docs/design.md §4), so a narrow input is cheaper to project per step.
     """
     inputs, hidden = layer_sizes(params)
-    return 0 < inputs < hidden
+    return 0 < 4 * inputs <= hidden
 
 
 def _swap_time(v: Array) -> Array:

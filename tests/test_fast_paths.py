@@ -71,14 +71,17 @@ CASES = [
     pytest.param(name, True, marks=() if name in UNIT else pytest.mark.slow)
     for name in STATE_READING
 ] + [(name, False) for name in ("gru", "gru_reset_before", "lstm")]
+WIDTHS = [I, pytest.param(1, id="projected-in-loop")]  # 4 I > H: hoisted; I = 1: in the loop
 
 
+@pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize(("name", "masks"), CASES)
-def test_fused_kernel_gradient_equals_plain_scan_gradient(name, masks):
+def test_fused_kernel_gradient_equals_plain_scan_gradient(name, masks, width):
     design = replace(PRESETS[name], learn_initial_state=True)
-    params = init_layer(jax.random.key(0), design, I, H)
+    params = init_layer(jax.random.key(0), design, width, H)
     params["h0"] = 0.1 * jnp.arange(H, dtype=jnp.float32)  # a non-zero learned start
     xs, seq_lengths, resets, h_mask = _inputs()
+    xs = xs[..., :width]
     if not masks:
         seq_lengths, resets, h_mask = jnp.full((B,), T), jnp.zeros((B, T), bool), None
 
@@ -215,9 +218,10 @@ def test_projection_in_the_loop_equals_the_hoisted_one(name, monkeypatch):
     from gru_research import scan
 
     design = replace(PRESETS[name], learn_initial_state=True)
-    params = init_layer(jax.random.key(0), design, I, H)
+    params = init_layer(jax.random.key(0), design, 1, H)
     xs, seq_lengths, resets, h_mask = _inputs()
-    assert scan.projects_in_loop(params)  # I < H
+    xs = xs[..., :1]
+    assert scan.projects_in_loop(params)  # 4 I ≤ H
 
     def layer(p, x):
         return run_layer(p, design, x, seq_lengths=seq_lengths, resets=resets, h_mask=h_mask)
@@ -226,6 +230,6 @@ def test_projection_in_the_loop_equals_the_hoisted_one(name, monkeypatch):
     monkeypatch.setattr(scan, "projects_in_loop", lambda p: False)
     hoisted = layer(params, xs), jax.grad(_loss(layer), argnums=(0, 1))(params, xs)
     assert max_abs_diff(in_loop, hoisted) <= 1e-5
-    wide = init_layer(jax.random.key(0), design, H + 1, H)
+    wide = init_layer(jax.random.key(0), design, I, H)
     monkeypatch.undo()
-    assert not scan.projects_in_loop(wide)  # I ≥ H: hoisted, one matmul for the sequence
+    assert not scan.projects_in_loop(wide)  # 4 I > H: hoisted, one matmul for the sequence
