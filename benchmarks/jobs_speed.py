@@ -1,11 +1,13 @@
 """The main job on every core: `gru-research sweep experiments/quick.yaml` with --jobs 1 and
---jobs 2, timed, into fresh folders; the report also checks that both give the same tables.
+--jobs 2, timed, into fresh folders; the report also checks that equal threads per point give
+the same tables.
 
     python benchmarks/jobs_speed.py --out results/jobs_speed.md
 
 ``--jobs 1`` trains the points one after another in the sweep's own process (XLA's threads over
-every core); ``--jobs 2`` trains two at once, each worker pinned to half the cores. The tables
-are compared as the report prints them.
+every core); ``--jobs 2`` trains two at once, each worker pinned to half the cores; ``--jobs 1
+--threads-per-point 1`` trains one at a time in a worker pinned like those of ``--jobs 2``, so
+that its tables (as the report prints them) must equal theirs.
 """
 
 from __future__ import annotations
@@ -26,10 +28,22 @@ ROOT = Path(__file__).resolve().parents[1]
 GOAL = 1.6
 
 
-def run_main_job(sweep: Path, out: Path, jobs: int) -> float:
+RUNS = {
+    "--jobs 1 (in the sweep's process)": ["--jobs", "1"],
+    "--jobs 2 (two workers, half the cores each)": ["--jobs", "2"],
+    "--jobs 1 --threads-per-point 1 (one worker, as pinned as those of --jobs 2)": [
+        "--jobs",
+        "1",
+        "--threads-per-point",
+        "1",
+    ],
+}
+
+
+def run_main_job(sweep: Path, out: Path, options: list[str]) -> float:
     """Wall seconds of one sweep invocation (W&B off: the job's own speed, not the tracker's)."""
     command = [sys.executable, "-m", "gru_research.cli", "sweep", str(sweep), "--out", str(out)]
-    command += ["--jobs", str(jobs), "--wandb", "disabled"]
+    command += [*options, "--wandb", "disabled"]
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
@@ -50,16 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0]
     seconds, reports = {}, {}
     with tempfile.TemporaryDirectory() as folder:
-        for jobs in (1, 2):
-            out = Path(folder) / f"jobs{jobs}"
-            seconds[jobs] = run_main_job(args.sweep, out, jobs)
-            reports[jobs] = tables(out / "report.md")
-    speed_up = seconds[1] / seconds[2]
-    same = reports[1] == reports[2]
-    rows = [
-        {"run": "--jobs 1 (in the sweep's process)", "wall s": seconds[1]},
-        {"run": "--jobs 2 (two workers, half the cores each)", "wall s": seconds[2]},
-    ]
+        for i, (run, options) in enumerate(RUNS.items()):
+            out = Path(folder) / f"run{i}"
+            seconds[run] = run_main_job(args.sweep, out, options)
+            reports[run] = tables(out / "report.md")
+    in_process, two, pinned = RUNS
+    speed_up = seconds[in_process] / seconds[two]
+    same = reports[two] == reports[pinned]
+    rows = [{"run": run, "wall s": s} for run, s in seconds.items()]
     target = {
         "target": "the main job with --jobs 2 over --jobs 1",
         "goal": f"≥ {GOAL:g}×",
@@ -73,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         f"CPUs: {os.cpu_count()}; load average when it started: {load:.2f}",
     )
     lines += ["", markdown_table([target]).rstrip("\n"), "", markdown_table(rows).rstrip("\n")]
-    lines += ["", f"The two runs' tables are {'identical' if same else 'DIFFERENT'}."]
+    equal = "identical" if same else "DIFFERENT"
+    lines += ["", f"The tables of `--jobs 2` and of the pinned `--jobs 1` are {equal}."]
     text = "\n".join(lines) + "\n"
     write_atomic(args.out, text)
     print(text, end="")
