@@ -114,8 +114,9 @@ def positive_float(text: str) -> float:
 
 SWEEP_EPILOG = """How the points run (with --out): --executor local (the default) trains
 --jobs points at once, each in a worker process (`gru-research train`) pinned by CPU affinity
-to --threads-per-point CPUs of its own; --jobs auto (the default) is min(points left, CPUs),
-and --jobs 1 without --threads-per-point trains in this process, one point after another. If a
+to --threads-per-point CPUs of its own; --jobs auto (the default) runs workers of 2 CPUs each,
+min(points left, CPUs // 2) at once, and trains in this process below 4 CPUs; --jobs 1 without
+--threads-per-point trains in this process, one point after another. If a
 point fails, no further point starts; the running ones finish, then the sweep fails in one
 line naming the point (its worker's log: OUT/logs/). --executor slurm submits each point as a
 SLURM job through submitit (logs in OUT/submitit/); --wait polls until every job has ended and
@@ -163,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=jobs_option,
         default=None,
         metavar="N",
-        help="local: points at once, a positive integer or auto (default: auto, min(points "
-        "left, CPUs)); 1 without --threads-per-point: in this process",
+        help="local: points at once, a positive integer or auto (default: auto, workers of 2 "
+        "CPUs each; in this process below 4 CPUs); 1 without --threads-per-point: in this process",
     )
     sweep.add_argument(
         "--threads-per-point",
@@ -303,7 +304,7 @@ def _given(value) -> bool:
 
 def sweep_execution(args: argparse.Namespace) -> Execution:
     """How `sweep` runs its points; one line for options that do not go together."""
-    from gru_research.executors import Execution, SlurmOptions
+    from gru_research.executors import Execution, SlurmOptions, auto_jobs, available_cpus
 
     if args.export_wandb and (
         given := given_options(args, ("executor", *LOCAL_OPTIONS, *SLURM_OPTIONS))
@@ -327,8 +328,10 @@ def sweep_execution(args: argparse.Namespace) -> Execution:
         gpus_per_node=args.slurm_gpus_per_node or 0,
         mem_gb=args.slurm_mem_gb,
     )
-    jobs = None if args.jobs in (None, "auto") else args.jobs
-    return Execution(executor, jobs, args.threads_per_point, slurm, args.wait)
+    jobs, threads = args.jobs, args.threads_per_point
+    if jobs in (None, "auto"):
+        jobs, threads = auto_jobs(len(available_cpus()), threads)
+    return Execution(executor, jobs, threads, slurm, args.wait)
 
 
 def sweep_command(args: argparse.Namespace) -> str:

@@ -197,6 +197,23 @@ def available_cpus() -> tuple[int, ...]:
     return tuple(range(os.cpu_count() or 1))
 
 
+AUTO_THREADS_PER_POINT = 2
+
+
+def auto_jobs(cpus: int, threads_per_point: int | None) -> tuple[int | None, int | None]:
+    """``--jobs auto`` as (jobs, threads per point) for ``Execution``: workers of
+    ``AUTO_THREADS_PER_POINT`` CPUs each, as many as the points left and the CPUs allow
+    (``None``: resolved by :func:`plan_workers`), or the sweep's own process below twice that
+    many CPUs. A worker starts Python, JAX and its compilations afresh for every point, which
+    small points do not repay: on 2 cores the main job took 193 s in the sweep's process and
+    222 s as two 1-CPU workers (results/jobs_speed.md)."""
+    if threads_per_point is not None:
+        return None, threads_per_point
+    if cpus < 2 * AUTO_THREADS_PER_POINT:
+        return 1, None
+    return None, AUTO_THREADS_PER_POINT
+
+
 def plan_workers(execution: Execution, points_left: int, cpus: tuple[int, ...]) -> WorkerPlan:
     """Resolve auto: ``jobs`` min(points left, CPUs // threads per point), ``threads_per_point``
     the CPUs // jobs, at least 1 each; one line if the workers would need more CPUs than

@@ -427,3 +427,12 @@ def test_slurm_options_reach_sbatch_and_a_rerun_leaves_queued_jobs_alone(tmp_pat
     assert again.returncode == 0, again.stderr
     assert "[1/2] cell=gru: job 1001 is pending" in again.stdout, again.stdout
     assert (record / "count").read_text().strip() == "1002"  # nothing submitted twice
+
+
+def test_jobs_auto_runs_two_cpu_workers_or_in_process_below_four_cpus():
+    from gru_research.executors import Execution, auto_jobs
+
+    assert auto_jobs(2, None) == (1, None) and Execution("local", *auto_jobs(2, None)).in_process
+    assert auto_jobs(3, None) == (1, None)
+    assert auto_jobs(8, None) == (None, 2)  # plan_workers: min(points left, 8 // 2) workers
+    assert auto_jobs(8, 1) == (None, 1)
