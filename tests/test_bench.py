@@ -250,13 +250,18 @@ def test_speed_targets_from_known_numbers(scripts, backend):
 
 def test_campaign_command_writes_report_and_plot(scripts, monkeypatch, tmp_path, capsys):
     fake = fake_measurements(scripts)
+    small = fake_small_models(scripts, seed_speed_up=2.0, roofline_s=0.5)
+    asked = []
     monkeypatch.setattr(scripts.campaign, "measure", lambda *args, **kwargs: fake)
+    monkeypatch.setattr(scripts.small_models, "measure", lambda *args: asked.append(args) or small)
     out = tmp_path / "results" / "benchmarks.md"
-    assert (
-        scripts.campaign.main(["--configs", "small,long", "--rounds", "1", "--out", str(out)]) == 0
-    )
+    argv = ["--configs", "small,long", "--rounds", "1", "--before", "abc123", "--out", str(out)]
+    assert scripts.campaign.main(argv) == 0
+    assert asked == [(["copy", "adding"], 1, [1, 2, 4, 8, 16], "abc123")]
     text = out.read_text()
     assert "- command: `python benchmarks/campaign.py --configs small,long --rounds 1" in text
+    assert "--regimes copy,adding --before abc123" in text
+    assert "## The papers' small-model regime" in text
     assert "![scaling](benchmarks.png)" in text and out.with_suffix(".png").stat().st_size > 0
     assert capsys.readouterr().out == text
 
@@ -267,6 +272,7 @@ def test_campaign_command_writes_report_and_plot(scripts, monkeypatch, tmp_path,
         ("campaign", ["--configs", "small,huge"], "valid: small, medium, long"),
         ("campaign", ["--seeds", "1,x"], "positive integers"),
         ("campaign", ["--rounds", "0"], "positive integer"),
+        ("campaign", ["--regimes", "copy,xyz"], "valid: copy, adding (or none)"),
         ("feng_speed", ["--lengths", "0,64"], "positive integers"),
         ("feng_speed", ["--batch", "none"], "positive integer"),
     ],
