@@ -324,13 +324,14 @@ def state_reading_scan(
     element-wise update; with ``project``, ``pre`` is the raw input x (T, B, I) and each step
     computes its own W x_t + b (:func:`projects_in_loop`). Backward (a ``jax.custom_vjp``, as
     cuDNN does it): the gradient of U is formed after the loop as *one* (H, T·B) × (T·B, G·H)
-    matmul instead of T small ones accumulated in it, and so are those of W and b
-    (docs/design.md §4). Equal to JAX's own gradient of the plain scan
-    (tests/test_fast_paths.py). ``valid`` and ``restart`` are the (T, B, 1) masks of
-    :func:`step_masks`, None when there are none; ``offsets`` (time-major) are inputs of the
-    loop like ``pre``, so the custom backward differentiates them too. ``trace`` runs the plain
-    scan (JAX's own gradient) and also returns a time-major :class:`LayerTrace`; it runs any
-    design (one that does not read h has a fused kernel of width 0).
+    matmul instead of T small ones accumulated in it, while the small W and b of a projection
+    inside the loop accumulate their gradients there (docs/design.md §4). Equal to JAX's own
+    gradient of the plain scan (tests/test_fast_paths.py). ``valid`` and ``restart`` are the
+    (T, B, 1) masks of :func:`step_masks`, None when there are none; ``offsets`` (time-major)
+    are inputs of the loop like ``pre``, so the custom backward differentiates them too.
+    ``trace`` runs the plain scan (JAX's own gradient) and also returns a time-major
+    :class:`LayerTrace`; it runs any design (one that does not read h has a fused kernel of
+    width 0).
     """
     others = {"U": {}}
     if design.family == "gru" and design.candidate.h and design.reset == "before":
@@ -375,7 +376,10 @@ def state_reading_scan(
         full = {n: jnp.broadcast_to(jnp.asarray(g, y.dtype), y.shape) for n, g in gates.items()}
         return c_new, (y, full, c_new)
 
-    loop = Loop(pre_of, step, read, compute_dtype)
+    plain_read = h_mask is None and restart is None
+    loop = Loop(
+        pre_of, step, read, compute_dtype, partial(hidden_state, design) if plain_read else None
+    )
     kernel = fused_recurrent_kernel(params, design)
     if trace:
         (last, (ys, gates, carries)), _ = _plain_scan(
@@ -391,13 +395,16 @@ class Loop(NamedTuple):
 
     * ``pre_of(consts, x)``: the step's input pre-activations W x_t + b;
     * ``step(consts, c, hp, pre, x)``: the new carry and the output, given hp = h U;
-    * ``read(consts, c, x)``: the h the recurrent matmul reads (restarts and dropout applied).
+    * ``read(consts, c, x)``: the h the recurrent matmul reads (restarts and dropout applied);
+    * ``plain_read(c)``: the same h from the carry alone, where no restart or dropout applies
+      (None otherwise), so the backward pass reads it from the stored carries.
     """
 
     pre_of: Callable
     step: Callable
     read: Callable
     compute_dtype: Any
+    plain_read: Callable | None = None
 
 
 def _plain_scan(loop: Loop, kernel, consts, carry, xs, keep):
@@ -425,38 +432,39 @@ def _fused_kernel_grad_forward(loop, remat, kernel, consts, carry, xs):
 
 def _fused_kernel_grad_backward(loop, remat, residuals, cotangents):
     """The backward loop: each step's ``jax.vjp`` (its forward recomputed from the kept state
-    and h U, or h U too under remat), collecting the gradients with respect to h U and to
-    W x_t + b; those of U, and of W and b when each step projects its own input, are formed
-    after the loop, each as one matmul over all steps."""
+    and h U, or h U too under remat), collecting the gradient with respect to h U; that of U
+    is formed after the loop as one matmul over all steps. The gradients of the other
+    constants (W and b when each step projects its own input) accumulate in the loop."""
     kernel, consts, carries, hps, xs = residuals
     d_last, d_ys = cotangents
     add = partial(jax.tree.map, lambda *vs: sum(vs))
     kernel_t = kernel.T  # once, not in every step
     dtype = loop.compute_dtype
 
+    def update(consts, c, hp, x):
+        return loop.step(consts, c, hp, loop.pre_of(consts, x), x)
+
     def body(acc, inputs):
         d_carry, d_consts = acc
         c, hp, x, d_y = inputs
         if hp is None:
             hp = matmul(loop.read(consts, c, x), kernel, dtype)
-        _, step_vjp = jax.vjp(loop.step, consts, c, hp, loop.pre_of(consts, x), x)
-        d_consts_step, d_c_step, d_hp, d_pre, d_x_step = step_vjp((d_carry, d_y))
+        _, update_vjp = jax.vjp(update, consts, c, hp, x)
+        d_consts_step, d_c_step, d_hp, d_x_step = update_vjp((d_carry, d_y))
         h_read, read_vjp = jax.vjp(loop.read, consts, c, x)
         d_h_read = matmul(d_hp, kernel_t, dtype).astype(h_read.dtype)
         d_consts_read, d_c_read, d_x_read = read_vjp(d_h_read)
         acc = (add(d_c_step, d_c_read), add(d_consts, d_consts_step, d_consts_read))
-        return acc, (add(d_x_step, d_x_read), d_pre, d_hp, h_read)
+        kept_read = None if loop.plain_read else h_read
+        return acc, (add(d_x_step, d_x_read), d_hp, kept_read)
 
     zeros = jax.tree.map(jnp.zeros_like, consts)
-    (d_carry, d_consts), (d_xs, d_pres, d_hps, h_reads) = jax.lax.scan(
+    (d_carry, d_consts), (d_xs, d_hps, h_reads) = jax.lax.scan(
         body, (d_last, zeros), (carries, hps, xs, d_ys), reverse=True
     )
-    # W x_t + b of every step at once: its gradient with respect to W, b and x
-    _, pre_vjp = jax.vjp(jax.vmap(loop.pre_of, in_axes=(None, 0)), consts, xs)
-    d_consts_pre, d_xs_pre = pre_vjp(d_pres)
-    d_consts = add(d_consts, d_consts_pre)
-    d_kernel = _kernel_gradient(h_reads, d_hps, kernel, dtype)
-    return d_kernel, d_consts, d_carry, add(d_xs, d_xs_pre)
+    if loop.plain_read:
+        h_reads = loop.plain_read(carries)
+    return _kernel_gradient(h_reads, d_hps, kernel, dtype), d_consts, d_carry, d_xs
 
 
 def _kernel_gradient(h_reads: Array, d_hps: Array, kernel: Array, compute_dtype) -> Array:
