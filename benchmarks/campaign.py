@@ -316,13 +316,17 @@ def small_sections(small: small_models.SmallModels) -> list[str]:
     lines = ["", "## The papers' small-model regime", "", SMALL_DESCRIPTION, ""]
     lines += [table(small_models.timing_rows(small))]
     lines += ["", "### Seeds vmapped: throughput over S single-seed steps", ""]
-    lines += [table(small_models.seed_rows(small))]
+    lines += [SEEDS_NOTE, "", table(small_models.seed_rows(small))]
     lines += ["", "### The training loop's step against the bench step of the same model", ""]
     lines += [LOOP_NOTE, "", table(small_models.loop_rows(small))]
     lines += ["", "### Where the time goes (adding regime; ms, medians of interleaved rounds)", ""]
     lines += [PHASES_NOTE, "", table(small_models.phase_rows(small))]
     return lines
 
+
+SEEDS_NOTE = """A step of S seeds vmapped takes about a + b S: `fixed share` is a / (a + b),
+from the fit through S = 1 and the largest S; only that share is paid once for all seeds, so no
+number of seeds exceeds `limit` = 1 / (1 − share) times the throughput of single-seed steps."""
 
 SMALL_DESCRIPTION = """The experiments' own models, loss and optimiser (`gru-research train`'s
 RMSProp after element-wise clipping at 1): **copy** as in Arjovsky et al. (2016), B = 20,

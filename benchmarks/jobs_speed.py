@@ -56,6 +56,17 @@ def tables(report: Path) -> str:
     return text[text.index("## Final test") :]
 
 
+def ceiling_note(in_process_s: float, pinned_s: float, cpus: int) -> str:
+    """What the pinned run says --jobs can reach: points on 1 CPU each, ``cpus`` at a time, at
+    best ``cpus`` × (in-process time / one-CPU time) the speed of the in-process sweep."""
+    slowdown = pinned_s / in_process_s
+    return (
+        f"Why: one worker on 1 CPU took {slowdown:.2f}× the in-process time for the same points "
+        f"(XLA compiles and runs each point on every core it is given), so {cpus} such workers "
+        f"at once can reach at most {cpus / slowdown:.2f}× the in-process sweep here."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="jobs_speed.py", description=__doc__.split("\n")[0])
     parser.add_argument("--sweep", type=Path, default=ROOT / "experiments" / "quick.yaml")
@@ -87,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", markdown_table([target]).rstrip("\n"), "", markdown_table(rows).rstrip("\n")]
     equal = "identical" if same else "DIFFERENT"
     lines += ["", f"The tables of `--jobs 2` and of the pinned `--jobs 1` are {equal}."]
+    lines += ["", ceiling_note(seconds[in_process], seconds[pinned], os.cpu_count() or 1)]
     text = "\n".join(lines) + "\n"
     write_atomic(args.out, text)
     print(text, end="")

@@ -33,8 +33,10 @@ WHY_ONE_SEED = (
     "the roofline share shown; Flax's step pays the same costs (docs/design.md §4)"
 )
 WHY_SEEDS = (
-    "S seeds make every per-step matmul S times larger in FLOPs but no faster per FLOP on a "
-    "CPU (a batched matmul of S small ones), so only the per-op costs are shared"
+    "on a CPU most of a one-seed step is work that grows with S (the per-seed matmuls, each no "
+    "faster per FLOP in a batch of S, and the gates' element-wise arithmetic, about 2 ns per "
+    "element); S seeds share only the fixed per-op share of the seeds table, which bounds the "
+    "speed-up at 1 / (1 − share) for any S"
 )
 FLAX_NAMES = {"gru": "GRUCell", "lstm": "OptimizedLSTMCell", "mgu": "MGUCell"}
 TORCH_NAMES = {"gru": "GRU", "lstm": "LSTM"}
@@ -204,12 +206,30 @@ def timing_rows(m: SmallModels) -> list[dict]:
     return bench.regime_records(m.timings)
 
 
+def fixed_share(speed_ups: dict[int, float]) -> float | None:
+    """The share of a one-seed step that S seeds share, from an affine fit of the step time
+    t_S = a + b S through S = 1 and the largest S measured: a / t_1, where the speed-up
+    S t_1 / t_S = S / (share + (1 − share) S). None with no S > 1."""
+    largest = max(speed_ups)
+    if largest < 2:
+        return None
+    share = (largest - largest / speed_ups[largest]) / (largest - 1)
+    return min(max(share, 0.0), 1.0)
+
+
 def seed_rows(m: SmallModels) -> list[dict]:
+    """Each design's speed-up at every S, its fixed share, and the speed-up no S exceeds."""
     counts = sorted({s for ups in m.seeds.values() for s in ups})
-    return [
-        {"regime": regime, "design": cell} | {f"S = {s}": ups.get(s) for s in counts}
-        for (regime, cell), ups in m.seeds.items()
-    ]
+    rows = []
+    for (regime, cell), ups in m.seeds.items():
+        share = fixed_share(ups)
+        limit = None if share is None or share >= 1 else 1 / (1 - share)
+        rows.append(
+            {"regime": regime, "design": cell}
+            | {f"S = {s}": ups.get(s) for s in counts}
+            | {"fixed share of one seed's step": share, "limit for any S": limit}
+        )
+    return rows
 
 
 def loop_rows(m: SmallModels) -> list[dict]:

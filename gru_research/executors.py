@@ -204,9 +204,10 @@ def auto_jobs(cpus: int, threads_per_point: int | None) -> tuple[int | None, int
     """``--jobs auto`` as (jobs, threads per point) for ``Execution``: workers of
     ``AUTO_THREADS_PER_POINT`` CPUs each, as many as the points left and the CPUs allow
     (``None``: resolved by :func:`plan_workers`), or the sweep's own process below twice that
-    many CPUs. A worker starts Python, JAX and its compilations afresh for every point, which
-    small points do not repay: on 2 cores the main job took 193 s in the sweep's process and
-    222 s as two 1-CPU workers (results/jobs_speed.md)."""
+    many CPUs. A point on one CPU takes about twice its time on two (XLA compiles and runs it
+    on every core it has), and a worker starts Python, JAX and W&B afresh for every point: on
+    2 cores the main job took 193 s in the sweep's process, 222 s as two 1-CPU workers and
+    393 s as one (results/jobs_speed.md)."""
     if threads_per_point is not None:
         return None, threads_per_point
     if cpus < 2 * AUTO_THREADS_PER_POINT:

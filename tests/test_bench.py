@@ -27,14 +27,15 @@ def positive_finite(value: float) -> bool:
 
 @pytest.fixture(scope="module")
 def scripts():
-    """benchmarks/campaign.py and benchmarks/feng_speed.py, imported as their command runs them
-    (with benchmarks/ first on the path, for benchmarks/common.py)."""
+    """The benchmark scripts, imported as their commands run them (with benchmarks/ first on
+    the path, for benchmarks/common.py)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(BENCHMARKS))
         yield SimpleNamespace(
             campaign=importlib.import_module("campaign"),
             feng_speed=importlib.import_module("feng_speed"),
             small_models=importlib.import_module("small_models"),
+            jobs_speed=importlib.import_module("jobs_speed"),
         )
 
 
@@ -478,11 +479,28 @@ def test_small_model_targets_from_known_numbers(scripts, roofline_s, flax_verdic
             and "per-op costs" in short[flax_target]["why"]
         )
     assert "copy: the training loop's step over the bench step (gru, 8 seeds)" not in short
-    assert "### Seeds vmapped: throughput over S single-seed steps" in text
+    seed_table = table_rows(text, "### Seeds vmapped: throughput over S single-seed steps")
+    gru_seeds = next(r for r in seed_table if r["design"] == "gru")
+    # 8 / 3.5 = share + 8 (1 - share): share = 0.816, limit 1 / (1 - share) = 5.44
+    assert gru_seeds["fixed share of one seed's step"] == "0.816"
+    assert gru_seeds["limit for any S"] == "5.44"
     phases = table_rows(
         text, "### Where the time goes (adding regime; ms, medians of interleaved rounds)"
     )
     assert phases[0]["Flax's step time over this one"] == "2"
+
+
+def test_fixed_share_of_an_affine_step_time(scripts):
+    # t_S = 0.25 + 0.75 S: S = 8 takes 6.25 one-seed steps' time, a speed-up of 8 / 6.25
+    share = scripts.small_models.fixed_share({1: 1.0, 2: 2 / 1.75, 8: 8 / 6.25})
+    assert share == pytest.approx(0.25)
+    assert scripts.small_models.fixed_share({1: 1.0}) is None
+    assert scripts.small_models.fixed_share({1: 1.0, 4: 0.5}) == 0.0  # slower than affine
+
+
+def test_jobs_ceiling_from_the_pinned_run(scripts):
+    note = scripts.jobs_speed.ceiling_note(in_process_s=100.0, pinned_s=250.0, cpus=2)
+    assert "took 2.50× the in-process time" in note and "at most 0.80×" in note
 
 
 def test_cli_bench_prints_the_regime_table_with_its_roofline(scripts, monkeypatch, capsys):
