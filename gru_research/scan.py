@@ -220,30 +220,14 @@ def run_layer(
     valid, restart = step_masks(batch, length, seq_lengths, resets)
     offsets = None if carry_offsets is None else jax.tree.map(_swap_time, carry_offsets)
     xs = jnp.swapaxes(xs, 0, 1)  # time-major: one transpose of x, not one per gate of W x
-    if design.reads_state and not trace and projects_in_loop(params):
-        out = state_reading_scan(
-            params,
-            design,
-            carry,
-            fresh,
-            xs,
-            None if seq_lengths is None else valid,
-            None if resets is None else restart,
-            h_mask,
-            compute_dtype,
-            remat,
-            offsets,
-            project=True,
-        )
-        return _swap_time(out[0]), out[1]
-    pre = input_projection(params, design, xs, compute_dtype)
     if design.reads_state or trace:
+        project = design.reads_state and not trace and projects_in_loop(params)
         out = state_reading_scan(
             params,
             design,
             carry,
             fresh,
-            pre,
+            xs if project else input_projection(params, design, xs, compute_dtype),
             None if seq_lengths is None else valid,
             None if resets is None else restart,
             h_mask,
@@ -251,11 +235,13 @@ def run_layer(
             remat,
             offsets,
             trace,
+            project,
         )
         if not trace:
             return _swap_time(out[0]), out[1]
         ys, last, steps = out
         return _swap_time(ys), last, jax.tree.map(_swap_time, steps)
+    pre = input_projection(params, design, xs, compute_dtype)
 
     lstm = design.family == "lstm"
     state0, fresh_state = (carry[0], fresh[0]) if lstm else (carry, fresh)
