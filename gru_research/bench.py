@@ -736,26 +736,26 @@ def regime_records(timings: list[RegimeTiming]) -> list[dict[str, str | float | 
 TORCH_THREADS = (1, 2)
 
 
-def regime_groups(regime: Regime) -> list[tuple[str, list[Step | None]]]:
+def regime_groups(regime: Regime) -> list[tuple[str, list[Step | None], float]]:
     """gru, lstm and mgu against Flax's cells and PyTorch's (each thread setting), with the
-    roofline of the group's model."""
+    roofline of the group's model and its recurrent FLOPs."""
     groups = []
     for cell in ("gru", "lstm", "mgu"):
         ours_cell = "mgu_flax" if cell == "mgu" else cell
         torch_steps = (
             [regime_torch(regime, cell, n) for n in TORCH_THREADS] if cell != "mgu" else []
         )
+        model = regime_model(regime, ours_cell)
         steps = [regime_ours(regime, ours_cell), regime_flax(regime, cell), *torch_steps]
-        groups.append((cell, [*steps, roofline(regime_model(regime, ours_cell))]))
+        groups.append((cell, [*steps, roofline(model)], recurrent_flops(model)))
     return groups
 
 
 def compare_regime(regime: Regime, rounds: int) -> list[RegimeTiming]:
     """Each design against its anchors and the roofline, one interleaved timing per group."""
     timings = []
-    for group, steps in regime_groups(regime):
+    for group, steps, flops in regime_groups(regime):
         steps = [s for s in steps if s is not None]
-        flops = recurrent_flops(regime_model(regime, "mgu_flax" if group == "mgu" else group))
         medians = time_interleaved(steps, rounds)
         timings += [
             RegimeTiming(
