@@ -24,7 +24,7 @@ import time
 import typing
 from pathlib import Path
 
-from gru_research.config import TrainConfig
+from gru_research.config import VMAPPABLE, TrainConfig, check_values, parse_vmap, value_grid
 from gru_research.tracking import WANDB_MODES, check_output_folder, write_atomic
 
 if typing.TYPE_CHECKING:
@@ -428,6 +428,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", help="the run folder (rerun to resume); under `wandb agent`: runs/<run id>"
     )
+    parser.add_argument(
+        "--vmap",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2,...",
+        help=f"train these values of a field in the same program as the seeds, each into "
+        f"OUT/values/FIELD=V (repeat for a grid over several fields; vmappable: "
+        f"{', '.join(VMAPPABLE)})",
+    )
     parser.add_argument("--wandb", choices=WANDB_MODES, default="offline")
     parser.add_argument("--wandb-project", default="gru-research")
     parser.add_argument("--wandb-group", default=None, help="default: TASK-T<seq_len>")
@@ -441,17 +450,21 @@ def run_train(args: argparse.Namespace) -> None:
         out = f"runs/{os.environ.get('WANDB_SWEEP_ID', 'sweep')}/{os.environ['WANDB_RUN_ID']}"
     if out is None:
         raise ValueError("--out is required: the run folder to write (or resume)")
+    grid = check_values(config, value_grid(parse_vmap(args.vmap)))
     check_output_folder(out)
-    from gru_research.train import train
+    from gru_research.train import train_group
 
-    summary = train(
+    summaries = train_group(
         config,
+        grid,
         out,
         wandb_mode=args.wandb,
         wandb_project=args.wandb_project,
         wandb_group=args.wandb_group,
     )
-    print(json.dumps({k: summary[k] for k in ("task", "cell", "seeds", "final", "diverged")}))
+    for value, summary in zip(grid or [{}], summaries, strict=True):
+        shown = {k: summary[k] for k in ("task", "cell", "seeds", "final", "diverged")}
+        print(json.dumps(value | shown))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ takes.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 import typing
@@ -63,6 +64,18 @@ CLIP = Domain("a finite number > 0 (0: off)", lambda v: 0 < v < math.inf)
 OFF_AT_ZERO = ("clip_norm", "clip_value")
 """Options where 0 means off (None), from the command line, a sweep file or Python alike."""
 TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+VMAPPABLE = (
+    "lr",
+    "weight_decay",
+    "rms_decay",
+    "clip_value",
+    "clip_norm",
+    "lr_decay",
+    "dropout",
+    "recurrent_dropout",
+)
+"""Fields whose values can train in one program, vmapped beside the seeds: numbers that enter
+the optimiser or the model's dropout and change no shape or branch (docs/design.md §5.5)."""
 
 
 def option(
@@ -350,6 +363,74 @@ def check_value(name: str, value: Any, metadata: typing.Mapping[str, Any]) -> No
         raise ValueError(f"unknown {name} {value!r}; valid {name} values: {', '.join(choices)}")
     if domain is not None and not domain.contains(value):
         raise ValueError(f"{name} must be {domain.words}, got {value!r}")
+
+
+def vmap_problem(config: TrainConfig, name: str) -> str | None:
+    """Why ``name`` cannot be vmapped in runs like ``config`` (one that differs from it only in
+    the vmapped values), or None: not a vmappable field, or one this config does not read."""
+    if name not in VMAPPABLE:
+        return f"{name!r} cannot be vmapped; vmappable: {', '.join(VMAPPABLE)}"
+    reader = {
+        "weight_decay": (config.optimizer == "adamw", "--optimizer adamw"),
+        "rms_decay": (config.optimizer == "rmsprop", "--optimizer rmsprop"),
+        "clip_value": (config.clip_value is not None, "element-wise clipping on in every value"),
+        "clip_norm": (config.clip_norm is not None, "global-norm clipping on in every value"),
+        "lr_decay": (config.schedule == "epoch_decay", "--schedule epoch_decay"),
+    }
+    reads, needs = reader.get(name, (True, ""))
+    if not reads:
+        return f"{name!r} is not read by this run's optimiser: it needs {needs}"
+    return None
+
+
+def check_values(
+    config: TrainConfig, values: typing.Sequence[typing.Mapping]
+) -> tuple[dict[str, float], ...]:
+    """A group's values: each a mapping of the same vmappable fields to numbers, every value's
+    config valid; one line naming what is wrong."""
+    values = tuple(dict(v) for v in values)
+    if not values:
+        return values
+    fields = list(values[0])
+    if not fields or any(list(v) != fields for v in values):
+        raise ValueError(f"every vmapped value must set the same fields, got {list(values)}")
+    for name in fields:
+        if (problem := vmap_problem(config, name)) is not None:
+            raise ValueError(problem)
+    for v in values:
+        dataclasses.replace(config, **v)  # each value's config checked like any other
+    if len({tuple(v.values()) for v in values}) < len(values):
+        raise ValueError(f"the vmapped values repeat one another: {list(values)}")
+    return values
+
+
+def value_name(value: typing.Mapping[str, float]) -> str:
+    """'lr=0.001,dropout=0.1': a value's folder name, as a sweep names its points."""
+    return ",".join(f"{k}={v}" for k, v in value.items()).replace("/", "_")
+
+
+def value_grid(vmap: typing.Mapping[str, typing.Sequence[float]]) -> list[dict[str, float]]:
+    """Every combination of the vmapped fields' values, the first field outermost (none for
+    no field)."""
+    names = list(vmap)
+    if not names:
+        return []
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*vmap.values())]
+
+
+def parse_vmap(options: typing.Sequence[str]) -> dict[str, list[float]]:
+    """``--vmap lr=1e-3,3e-3`` options as {field: values}; one line for a malformed one."""
+    vmap: dict[str, list[float]] = {}
+    for text in options:
+        name, _, values = text.partition("=")
+        try:
+            numbers_ = [float(v) for v in values.split(",")] if values else []
+        except ValueError:
+            numbers_ = []
+        if not name or not numbers_ or name in vmap:
+            raise ValueError(f"--vmap takes FIELD=V1,V2,... once per field (numbers), got {text!r}")
+        vmap[name.replace("-", "_")] = numbers_
+    return vmap
 
 
 def from_saved(saved: dict) -> TrainConfig:

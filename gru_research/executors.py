@@ -45,8 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gru_research.config import OFF_AT_ZERO, TrainConfig
-from gru_research.sweep import describe
+from gru_research.config import OFF_AT_ZERO, TrainConfig, value_grid, value_name
+from gru_research.sweep import describe_group
 from gru_research.tracking import WANDB_MODES, read_json, write_atomic
 
 EXECUTORS = ("local", "slurm")
@@ -234,17 +234,34 @@ def plan_workers(execution: Execution, points_left: int, cpus: tuple[int, ...]) 
 
 @dataclass(frozen=True)
 class Point:
-    """One point of a sweep: its place, folder name, config and run folder."""
+    """One point of a sweep: its place, folder name, config, run folder, and the values it
+    vmaps ({field: values}; a group of runs, each in ``run_dir/values/``)."""
 
     index: int
     total: int
     name: str
     config: TrainConfig
     run_dir: Path
+    vmap: dict[str, list] = dataclasses.field(default_factory=dict)
 
     @property
     def label(self) -> str:
         return f"[{self.index}/{self.total}] {self.name}"
+
+    @property
+    def values(self) -> list[dict]:
+        return value_grid(self.vmap)
+
+    def summary_files(self) -> list[Path]:
+        """Where its run (or each value of its group) writes ``summary.json``."""
+        if not self.vmap:
+            return [self.run_dir / "summary.json"]
+        return [self.run_dir / "values" / value_name(v) / "summary.json" for v in self.values]
+
+    def summaries(self) -> list[dict] | None:
+        """The summaries it wrote, once every one is there."""
+        files = self.summary_files()
+        return [read_json(f) for f in files] if all(f.exists() for f in files) else None
 
 
 def train_arguments(config: TrainConfig) -> list[str]:
@@ -267,6 +284,7 @@ def train_arguments(config: TrainConfig) -> list[str]:
 
 def train_command(point: Point, wandb_mode: str, wandb_group: str) -> list[str]:
     """The command that trains one point, run by a worker process or a cluster job."""
+    vmap = [f"--vmap={n}={','.join(map(str, vs))}" for n, vs in point.vmap.items()]
     return [
         sys.executable,
         "-m",
@@ -275,6 +293,7 @@ def train_command(point: Point, wandb_mode: str, wandb_group: str) -> list[str]:
         "--out",
         str(point.run_dir),
         *train_arguments(point.config),
+        *vmap,
         "--wandb",
         wandb_mode,
         "--wandb-group",
@@ -312,20 +331,21 @@ class Plan:
         return train_command(point, self.wandb_mode, self.wandb_group)
 
     def run(self, progress: Progress) -> tuple[list[dict], int]:
-        """Train (or submit) the points left; the finished points' summaries in sweep order,
-        and how many are not finished (in progress elsewhere, queued or running)."""
-        for point, summary in self.done:
-            progress(f"{point.label}: already done; {describe(summary)}")
+        """Train (or submit) the points left; the finished points' summaries in sweep order
+        (a group's, value by value), and how many are not finished (in progress elsewhere,
+        queued or running)."""
+        for point, summaries in self.done:
+            progress(f"{point.label}: already done; {describe_group(point.values, summaries)}")
         if self.workers is not None:
             new, pending = run_workers(self, progress)
         else:
             new, pending = submit_points(self, progress)
-        summaries = {p.index: s for p, s in self.done} | new
-        return [summaries[i] for i in sorted(summaries)], pending
+        by_point = {p.index: s for p, s in self.done} | new
+        return [s for i in sorted(by_point) for s in by_point[i]], pending
 
 
 def plan_points(
-    points: list[tuple[str, TrainConfig]],
+    points: list[tuple[str, TrainConfig, dict[str, list]]],
     out: Path,
     execution: Execution,
     *,
@@ -337,16 +357,16 @@ def plan_points(
     if wandb_mode not in WANDB_MODES:
         raise ValueError(f"unknown W&B mode {wandb_mode!r}; valid modes: {', '.join(WANDB_MODES)}")
     check_executor(execution)
-    from gru_research.train import _finished_summary  # JAX imported; no backend started
+    from gru_research.train import finished_summaries  # JAX imported; no backend started
 
     done, todo = [], []
-    for index, (name, config) in enumerate(points, 1):
-        point = Point(index, len(points), name, config, out / "runs" / name)
-        summary = _finished_summary(config, point.run_dir)
-        if summary is None:
+    for index, (name, config, vmap) in enumerate(points, 1):
+        point = Point(index, len(points), name, config, out / "runs" / name, vmap)
+        summaries = finished_summaries(config, point.run_dir, point.values)
+        if summaries is None:
             todo.append(point)
         else:
-            done.append((point, summary))
+            done.append((point, summaries))
     workers = None
     if execution.executor == "local":
         workers = plan_workers(execution, len(todo), available_cpus())
@@ -439,10 +459,11 @@ def run_workers(plan: Plan, progress: Progress) -> tuple[dict[int, dict], int]:
                 running.remove(worker)
                 free = sorted([*free, worker.slot])
                 outcome = worker_outcome(worker)
-                if isinstance(outcome, dict):
+                if isinstance(outcome, list):
                     summaries[worker.point.index] = outcome
                     seconds = time.perf_counter() - worker.started
-                    progress(f"{worker.point.label}: {seconds:.0f}s; {describe(outcome)}")
+                    described = describe_group(worker.point.values, outcome)
+                    progress(f"{worker.point.label}: {seconds:.0f}s; {described}")
                 elif (holder := lock_holder(worker.point.run_dir)) is not None:
                     progress(f"{worker.point.label}: in progress elsewhere ({holder})")
                     pending += 1
@@ -494,12 +515,11 @@ def _pinned_child(cpus: tuple[int, ...], parent: int) -> Callable[[], None]:
     return setup
 
 
-def worker_outcome(worker: Worker) -> dict | str:
-    """The summary of a worker that finished its point, or what went wrong, in words."""
+def worker_outcome(worker: Worker) -> list[dict] | str:
+    """The summaries of a worker that finished its point, or what went wrong, in words."""
     code = worker.process.returncode
-    summary_file = worker.point.run_dir / "summary.json"
-    if code == 0 and summary_file.exists():
-        return read_json(summary_file)
+    if code == 0 and (summaries := worker.point.summaries()) is not None:
+        return summaries
     line = last_line(worker.stderr) or "no output on stderr"
     return f"failed ({exit_words(code)}): {line}"
 
@@ -588,10 +608,11 @@ def submit_points(plan: Plan, progress: Progress) -> tuple[dict[int, dict], int]
         for point, job in [(p, j) for p, j in jobs if j.done()]:
             jobs.remove((point, job))
             outcome = job_outcome(point, job)
-            if isinstance(outcome, dict):
+            if isinstance(outcome, list):
                 summaries[point.index] = outcome
-                seconds = outcome.get("wall_time_s", 0.0)
-                progress(f"{point.label}: {seconds:.0f}s (job {job.job_id}); {describe(outcome)}")
+                seconds = outcome[0].get("wall_time_s", 0.0)
+                described = describe_group(point.values, outcome)
+                progress(f"{point.label}: {seconds:.0f}s (job {job.job_id}); {described}")
             else:
                 failures.append(f"{point.label} {outcome} (job {job.job_id}: {job.paths.stderr})")
                 progress(f"{point.label}: {outcome}")
@@ -609,12 +630,11 @@ def slurm_state(folder: Path, job_id: str) -> str:
     return submitit.SlurmJob(folder=folder, job_id=job_id).state.split()[0].upper()
 
 
-def job_outcome(point: Point, job: Any) -> dict | str:
-    """The summary of a job that finished its point, or what went wrong, in words."""
+def job_outcome(point: Point, job: Any) -> list[dict] | str:
+    """The summaries of a job that finished its point, or what went wrong, in words."""
     error = job.exception()
-    summary_file = point.run_dir / "summary.json"
-    if error is None and summary_file.exists():
-        return read_json(summary_file)
+    if error is None and (summaries := point.summaries()) is not None:
+        return summaries
     return f"failed: {job_error_line(str(error)) if error else 'no summary.json written'}"
 
 

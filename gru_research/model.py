@@ -13,7 +13,7 @@ pytree, so it works directly under ``jax.jit``, ``jax.grad`` and ``jax.vmap``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -172,17 +172,23 @@ def reverse_sequences(xs: Array, seq_lengths: Array | None = None) -> Array:
     return jnp.take_along_axis(xs, index.reshape(index.shape + (1,) * (xs.ndim - 2)), axis=1)
 
 
-def dropout(key: Array | None, rate: float, x: Array) -> Array:
+def _off(key: Array | None, rate: float | Array) -> bool:
+    """No dropout: no key (evaluation), or a rate that is the number 0 (a traced rate, as of
+    vmapped values, always draws its mask; at 0 that mask is all ones, exactly)."""
+    return key is None or (isinstance(rate, int | float) and rate == 0.0)
+
+
+def dropout(key: Array | None, rate: float | Array, x: Array) -> Array:
     """Inverted dropout; the identity without a key (evaluation) or at rate 0."""
-    if key is None or rate == 0.0:
+    if _off(key, rate):
         return x
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-def recurrent_dropout_mask(key: Array | None, rate: float, batch: int, hidden: int):
+def recurrent_dropout_mask(key: Array | None, rate: float | Array, batch: int, hidden: int):
     """Variational dropout (Gal & Ghahramani, 2016): one (B, H) mask for all time steps."""
-    if key is None or rate == 0.0:
+    if _off(key, rate):
         return None
     return jax.random.bernoulli(key, 1.0 - rate, (batch, hidden)) / (1.0 - rate)
 
@@ -197,13 +203,14 @@ def _run_recurrent(
     mask_key: Array | None,
     carry_offsets: Carry | None = None,
     trace: bool = False,
+    recurrent_rate: float | Array = 0.0,
 ):
     """A layer (or both directions of a bidirectional one) over a batch: (ys, carry), and its
     :class:`~gru_research.scan.LayerTrace` with ``trace``."""
     design, batch = config.design, x.shape[0]
 
     def run(p, xs, c, key, carry_offsets=None):
-        mask = recurrent_dropout_mask(key, config.recurrent_dropout, batch, config.hidden_size)
+        mask = recurrent_dropout_mask(key, recurrent_rate, batch, config.hidden_size)
         return run_layer(
             p,
             design,
@@ -249,6 +256,7 @@ def apply_model(
     dropout_key: Array | None = None,
     carry_offsets: Sequence[Carry | None] | None = None,
     trace: bool = False,
+    dropout_rates: Mapping[str, float | Array] | None = None,
 ) -> tuple[Array, list[Carry]] | tuple[Array, list[Carry], list[LayerTrace]]:
     """Outputs (B, T, output_size) and the last carry of every layer.
 
@@ -261,7 +269,11 @@ def apply_model(
     ``carry_offsets`` (one per layer, None for none) are added to each layer's carry after
     every step and ``trace`` returns one :class:`~gru_research.scan.LayerTrace` per layer as a
     third value (see :func:`run_layer`); bidirectional layers take neither.
+    ``dropout_rates`` (``dropout``, ``recurrent_dropout``) replace the config's rates, as the
+    traced values of a group of vmapped values do.
     """
+    rates = {"dropout": config.dropout, "recurrent_dropout": config.recurrent_dropout}
+    rates |= dropout_rates or {}
     x = embed_inputs(params, config, inputs)
     carries = list(carries) if carries is not None else [None] * config.num_layers
     offsets = list(carry_offsets) if carry_offsets is not None else [None] * config.num_layers
@@ -274,14 +286,15 @@ def apply_model(
 
     def recurrent(i: int, layer: Params, x: Array, carry, mask_key):
         return _run_recurrent(
-            layer, config, x, carry, seq_lengths, resets, mask_key, offsets[i], trace
-        )
+            layer, config, x, carry, seq_lengths, resets, mask_key, offsets[i], trace,
+            rates["recurrent_dropout"],
+        )  # fmt: skip
 
     new_carries, traces = [], []
     if config.block == "plain":
         for i, (layer, carry) in enumerate(zip(params["layers"], carries, strict=True)):
             input_key, mask_key = keys(i)
-            x = dropout(input_key, config.dropout, x)
+            x = dropout(input_key, rates["dropout"], x)
             x, carry, *layer_trace = recurrent(i, layer, x, carry, mask_key)
             new_carries.append(carry)
             traces += layer_trace
@@ -290,7 +303,7 @@ def apply_model(
             x = _apply_dense(params["in_proj"], x)
         for i, (block, carry) in enumerate(zip(params["blocks"], carries, strict=True)):
             input_key, mask_key = keys(i)
-            h = dropout(input_key, config.dropout, rms_norm(block["norm_rnn"], x))
+            h = dropout(input_key, rates["dropout"], rms_norm(block["norm_rnn"], x))
             y, carry, *layer_trace = recurrent(i, block["rnn"], h, carry, mask_key)
             x = x + y
             ff = jax.nn.gelu(_apply_dense(block["ff_in"], rms_norm(block["norm_ff"], x)))
@@ -298,7 +311,7 @@ def apply_model(
             new_carries.append(carry)
             traces += layer_trace
         x = rms_norm(params["norm_out"], x)
-    x = dropout(keys(config.num_layers)[0], config.dropout, x)
+    x = dropout(keys(config.num_layers)[0], rates["dropout"], x)
     outputs = _apply_dense(params["readout"], x)
     return (outputs, new_carries, traces) if trace else (outputs, new_carries)
 

@@ -5,6 +5,9 @@ A sweep file is a W&B sweep configuration (``method``, ``metric``, ``parameters`
 ``values`` / ``value`` / a ``distribution``) plus keys that W&B ignores and the export drops:
 
 * ``seeds``: how many seeds each point trains at once, vmapped (seeds are never a parameter);
+* ``vmap``: parameters whose ``values`` train in one program with the seeds (a grid's points
+  that differ only in them form one group, ``OUT/runs/<group>``, each value a run folder of
+  its own under ``values/``); the export gives them to ``wandb agent`` as plain values;
 * ``runs``: how many points a ``random`` sweep draws (default 10);
 * ``report``: how the table is made (``metrics``, ``rows``, ``reference``) and the
   ``paper`` numbers and claims set beside ours.
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gru_research.config import TrainConfig
+from gru_research.config import VMAPPABLE, TrainConfig, check_values, value_grid, value_name
 from gru_research.reporting import format_mean_std
 from gru_research.tracking import check_output_folder, write_atomic
 
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
 
 SWEEP_METHODS = ("grid", "random")
 DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "log_uniform_values")
-LOCAL_KEYS = ("seeds", "runs", "report", "description")
+LOCAL_KEYS = ("seeds", "runs", "report", "description", "vmap")
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -74,6 +77,8 @@ def check_sweep(sweep: Any, path: str | Path) -> dict:
     for name, spec in sweep["parameters"].items():
         if (problem := parameter_problem(spec, method)) is not None:
             raise ValueError(f"{path}: parameter {name!r}: {problem}")
+    if (problem := vmap_list_problem(sweep)) is not None:
+        raise ValueError(f"{path}: vmap: {problem}")
     if (problem := report_problem(sweep)) is not None:
         raise ValueError(f"{path}: report: {problem}")
     runs = sweep.get("runs", 10)
@@ -105,6 +110,24 @@ def parameter_problem(spec: Any, method: str) -> str | None:
         return "the categorical distribution needs 'values'"
     if kind in ("int_uniform", "uniform", "log_uniform_values"):
         return _range_problem(spec, kind)
+    return None
+
+
+def vmap_list_problem(sweep: dict) -> str | None:
+    """What is wrong with a sweep's ``vmap`` list, or None: each entry a vmappable parameter
+    of the sweep given by ``values``, in a grid sweep."""
+    names = sweep.get("vmap", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return f"must be a list of parameter names, got {names!r}"
+    if names and sweep.get("method", "grid") != "grid":
+        return "vmapped values need method: grid (their values are trained together)"
+    for name in names:
+        if name not in VMAPPABLE:
+            return f"{name!r} cannot be vmapped; vmappable: {', '.join(VMAPPABLE)}"
+        if "values" not in sweep["parameters"].get(name, {}):
+            return f"{name!r} must be a parameter of the sweep given by 'values'"
+    if len(set(names)) < len(names):
+        return f"names a parameter twice: {names}"
     return None
 
 
@@ -171,9 +194,11 @@ def expand(sweep: dict) -> list[dict]:
 
 
 def point_name(point: dict, sweep: dict) -> str:
-    """A folder name from the parameters that vary across the sweep (the cell if none do)."""
-    varying = [n for n, s in sweep["parameters"].items() if "value" not in s]
-    varying = varying or (["cell"] if "cell" in point else list(point))
+    """A folder name from the parameters that vary across the sweep, the vmapped ones aside
+    (the cell if none do)."""
+    vmapped = sweep.get("vmap", [])
+    varying = [n for n, s in sweep["parameters"].items() if "value" not in s and n not in vmapped]
+    varying = varying or (["cell"] if "cell" in point else [n for n in point if n not in vmapped])
     return ",".join(f"{n}={point[n]}" for n in varying).replace("/", "_")
 
 
@@ -183,17 +208,25 @@ def point_config(point: dict, sweep: dict) -> TrainConfig:
 
 def sweep_points(
     sweep: dict, source: str | Path, data_dir: str | None = None
-) -> list[tuple[str, TrainConfig]]:
-    """Every point's folder name and config, all built and checked before any point trains: one
-    line naming ``source`` and the point for the first that is wrong."""
+) -> list[tuple[str, TrainConfig, dict[str, list]]]:
+    """Every point's folder name, config and vmapped values ({parameter: values}, empty when
+    nothing is vmapped), all built and checked before any point trains: one line naming
+    ``source`` and the point for the first that is wrong. The grid's points that differ only
+    in vmapped parameters are one point, a group."""
+    vmapped = sweep.get("vmap", [])
+    vmap = {n: sweep["parameters"][n]["values"] for n in vmapped}
     points = [{"data_dir": data_dir, **p} if data_dir else p for p in expand(sweep)]
+    groups = {}
+    for point in points:
+        groups.setdefault(point_name(point, sweep), point)  # its first value stands for it
     named = []
-    for i, point in enumerate(points, 1):
-        name = point_name(point, sweep)
+    for i, (name, point) in enumerate(groups.items(), 1):
         try:
-            named.append((name, point_config(point, sweep)))
+            config = point_config(point, sweep)
+            check_values(config, value_grid(vmap))
+            named.append((name, config, vmap))
         except ValueError as err:
-            raise ValueError(f"{source}: point {i} of {len(points)} ({name}): {err}") from None
+            raise ValueError(f"{source}: point {i} of {len(groups)} ({name}): {err}") from None
     return named
 
 
@@ -285,27 +318,30 @@ def _train_in_process(
 ) -> tuple[list[dict], int]:
     """Train the points one after another in this process; their summaries, and how many
     are in progress elsewhere."""
-    from gru_research.train import RunLocked, train  # JAX: imported when a sweep runs
+    from gru_research.train import (  # JAX: imported when a sweep runs
+        RunLocked,
+        finished_summaries,
+        train_group,
+    )
 
     summaries, pending = [], 0
-    for i, (name, config) in enumerate(points, 1):
+    for i, (name, config, vmap) in enumerate(points, 1):
         run_dir = out / "runs" / name
-        finished = (run_dir / "summary.json").exists()
+        values = value_grid(vmap)
+        finished = finished_summaries(config, run_dir, values) is not None
         start = time.perf_counter()
         try:
-            summary = train(config, run_dir, wandb_mode=wandb_mode, wandb_group=group)
+            group_summaries = train_group(
+                config, values, run_dir, wandb_mode=wandb_mode, wandb_group=group
+            )
         except RunLocked as err:  # another process trains this point: in progress
             progress(f"[{i}/{len(points)}] {name}: in progress elsewhere ({err})")
             pending += 1
             continue
         seconds = time.perf_counter() - start
-        summaries.append(summary)
-        progress(
-            f"[{i}/{len(points)}] {name}: "
-            + ("already done" if finished else f"{seconds:.0f}s")
-            + "; "
-            + describe(summary)
-        )
+        summaries += group_summaries
+        done = "already done" if finished else f"{seconds:.0f}s"
+        progress(f"[{i}/{len(points)}] {name}: {done}; {describe_group(values, group_summaries)}")
     return summaries, pending
 
 
@@ -330,6 +366,16 @@ def describe(summary: dict) -> str:
     diverged = len(summary["diverged"])
     return f"loss {format_mean_std(values)} (n={len(values)}" + (
         f", {diverged} diverged)" if diverged else ")"
+    )
+
+
+def describe_group(values: list[dict], summaries: list[dict]) -> str:
+    """:func:`describe` of each value of a group ('lr=0.001: loss ...'), or of a lone run."""
+    if not values:
+        return describe(summaries[0])
+    return "; ".join(
+        f"{value_name(value)}: {describe(summary)}"
+        for value, summary in zip(values, summaries, strict=True)
     )
 
 

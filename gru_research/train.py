@@ -28,12 +28,13 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, reduce
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jax
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gru_research.config import TrainConfig, load_run_config
+from gru_research.config import TrainConfig, check_values, load_run_config, value_name
 from gru_research.model import (
     ModelConfig,
     apply_model,
@@ -66,7 +67,13 @@ from gru_research.tracking import (
 __all__ = ["RunError", "TrainConfig", "build_program", "evaluate", "load_run", "train"]
 
 
-def learning_rate(config: TrainConfig) -> optax.Schedule:
+Hyper = Mapping[str, Any]
+"""Traced values of vmapped fields (:data:`~gru_research.config.VMAPPABLE`), by field name:
+they replace the config's own values of those fields."""
+NO_HYPER: Hyper = MappingProxyType({})
+
+
+def learning_rate(config: TrainConfig, hyper: Hyper = NO_HYPER) -> optax.Schedule:
     """Constant, cosine decay to zero, or the epoch decay of Zaremba et al. (2014), after an
     optional linear warm-up.
 
@@ -74,21 +81,22 @@ def learning_rate(config: TrainConfig) -> optax.Schedule:
     ``lr`` for the first ``lr_decay_after`` epochs, then multiplied by ``lr_decay`` at the start
     of each later epoch: epoch e (from 0) uses ``lr * lr_decay ** max(e + 1 - K, 0)``.
     """
+    lr, lr_decay = hyper.get("lr", config.lr), hyper.get("lr_decay", config.lr_decay)
     decay_steps = max(config.steps - config.warmup_steps, 1)
     if config.schedule == "epoch_decay":
         per_epoch = config.steps // config.epochs
 
         def main(step):
             epoch = step // per_epoch
-            return config.lr * config.lr_decay ** jnp.maximum(epoch + 1 - config.lr_decay_after, 0)
+            return lr * lr_decay ** jnp.maximum(epoch + 1 - config.lr_decay_after, 0)
 
     elif config.schedule == "cosine":
-        main = optax.cosine_decay_schedule(config.lr, decay_steps)
+        main = optax.cosine_decay_schedule(lr, decay_steps)
     else:
-        main = optax.constant_schedule(config.lr)
+        main = optax.constant_schedule(lr)
     if not config.warmup_steps:
         return main
-    warmup = optax.linear_schedule(0.0, config.lr, config.warmup_steps)
+    warmup = optax.linear_schedule(0.0, lr, config.warmup_steps)
     return optax.join_schedules([warmup, main], [config.warmup_steps])
 
 
@@ -126,24 +134,26 @@ def uniform_init(key: jax.Array, params, scale: float):
     )
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, hyper: Hyper = NO_HYPER) -> optax.GradientTransformation:
     """optax: element-wise then global-norm clipping, then the optimiser.
 
     ``rmsprop`` is the Arjovsky et al. (2016) protocol: accumulator initialised to 1e-3,
     r ← 0.9 r + 0.1 g², step lr · g / √r with no epsilon (pair it with ``clip_value=1``).
+    The optimiser's state does not depend on ``hyper``: every vmapped value starts alike.
     """
-    lr = learning_rate(config)
+    value = lambda name: hyper.get(name, getattr(config, name))  # noqa: E731
+    lr = learning_rate(config, hyper)
     optimizers = {
         "adam": lambda: optax.adam(lr),
-        "adamw": lambda: optax.adamw(lr, weight_decay=config.weight_decay),
-        "rmsprop": lambda: optax.rmsprop(lr, decay=config.rms_decay, eps=0.0, initial_scale=1e-3),
+        "adamw": lambda: optax.adamw(lr, weight_decay=value("weight_decay")),
+        "rmsprop": lambda: optax.rmsprop(lr, decay=value("rms_decay"), eps=0.0, initial_scale=1e-3),
         "sgd": lambda: optax.sgd(lr),
     }
     clipping = []
     if config.clip_value:
-        clipping.append(optax.clip(config.clip_value))
+        clipping.append(optax.clip(value("clip_value")))
     if config.clip_norm:
-        clipping.append(optax.clip_by_global_norm(config.clip_norm))
+        clipping.append(optax.clip_by_global_norm(value("clip_norm")))
     return optax.chain(*clipping, optimizers[config.optimizer]())
 
 
@@ -162,7 +172,7 @@ def chunk_length(config: TrainConfig) -> int:
 
 @dataclass(frozen=True)
 class Program:
-    """The jitted, seed-vmapped functions of one run."""
+    """The jitted, seed-vmapped functions of one run (of a group: every value's seeds)."""
 
     init: Any  # seed keys -> state (seeds one after another, see model.init_population)
     train_steps: Any  # length -> jitted (state, data) -> (state, per-step metrics)
@@ -181,16 +191,40 @@ def _finite(tree) -> jax.Array:
     return reduce(jnp.logical_and, [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)])
 
 
-def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Program:
-    optimizer = make_optimizer(config)
-    uses_dropout = config.dropout > 0 or config.recurrent_dropout > 0
+DROPOUT_FIELDS = ("dropout", "recurrent_dropout")
+
+
+def member_hypers(values: Sequence[Mapping[str, float]], seeds: int) -> dict[str, jax.Array]:
+    """Each vmapped field's value for every member of a group, value-major: members
+    v·S .. v·S + S − 1 are value v's S seeds."""
+    names = list(values[0]) if values else []
+    dtype = jnp.result_type(float)
+    return {n: jnp.repeat(jnp.asarray([v[n] for v in values], dtype), seeds) for n in names}
+
+
+def build_program(
+    config: TrainConfig, task: Task, model: ModelConfig, values: Sequence[Mapping] = ()
+) -> Program:
+    """The program of a run; with ``values`` (one mapping of vmapped fields to numbers per
+    value), of a group that trains every value's seeds at once, the values read from the
+    state (``state["hyper"]``), so one compilation serves them all."""
+    vmapped = tuple(values[0]) if values else ()
+    optimizer = make_optimizer(config)  # its state's structure: the same for every value
+    uses_dropout = (
+        config.dropout > 0
+        or config.recurrent_dropout > 0
+        or any(f in vmapped for f in DROPOUT_FIELDS)
+    )
 
     def metrics_of(params, inputs, targets):
         outputs, _ = apply_model(params, model, inputs)
         return task.metrics(outputs, targets)
 
-    def loss_fn(params, inputs, targets, carries, dropout_key):
-        outputs, carries = apply_model(params, model, inputs, carries, dropout_key=dropout_key)
+    def loss_fn(params, hyper, inputs, targets, carries, dropout_key):
+        rates = {k: v for k, v in hyper.items() if k in DROPOUT_FIELDS}
+        outputs, carries = apply_model(
+            params, model, inputs, carries, dropout_key=dropout_key, dropout_rates=rates
+        )
         metrics = task.metrics(outputs, targets)
         # Summed over the T steps and averaged over the batch: the convention the published
         # learning rate of 1 of Zaremba et al. (2014) assumes (their TensorFlow code).
@@ -209,13 +243,13 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
             jax.tree.map(lambda f, c: jnp.where(epoch_start, f, c), fresh, state["carries"]),
         )
 
-    def init(seed_key):
+    def init(seed_key, hyper):
         init_key, train_key, valid_key, test_key = jax.random.split(seed_key, 4)
         params = init_model(init_key, model)
         if config.init_scale is not None:
             params = uniform_init(jax.random.fold_in(init_key, 1), params, config.init_scale)
         carries = initial_carries(params, model, config.batch_size) if config.stateful else None
-        return {
+        return ({"hyper": hyper} if vmapped else {}) | {
             "carries": carries,
             "params": params,
             "opt_state": optimizer.init(params),
@@ -228,18 +262,20 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
 
     def train_step(state, data):
         key, batch_key = jax.random.split(jax.random.wrap_key_data(state["key"]))
+        hyper = state.get("hyper", {})
         inputs, targets, carries = batch(state, data, batch_key)
         dropout_key = jax.random.fold_in(batch_key, 1) if uses_dropout else None
         (loss, (metrics, carries)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], inputs, targets, carries, dropout_key
+            state["params"], hyper, inputs, targets, carries, dropout_key
         )
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        step_optimizer = make_optimizer(config, hyper) if vmapped else optimizer
+        updates, opt_state = step_optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         step = state["step"] + 1
         bad = ~(jnp.isfinite(loss) & _finite(params))
         diverged = state["diverged"] | bad
         keep_old = diverged
-        new = {
+        new = ({"hyper": hyper} if vmapped else {}) | {
             "carries": jax.lax.stop_gradient(carries) if config.stateful else None,
             "params": jax.tree.map(lambda o, n: jnp.where(keep_old, o, n), state["params"], params),
             "opt_state": jax.tree.map(
@@ -286,8 +322,13 @@ def build_program(config: TrainConfig, task: Task, model: ModelConfig) -> Progra
         )
         return jax.tree.map(jnp.sum, sums), jnp.sum(weights)
 
+    def init_members(seed_keys):
+        """Every member's state: seed s of each value starts from key(s)."""
+        keys = jnp.tile(seed_keys, max(len(values), 1))
+        return jax.lax.map(lambda a: init(*a), (keys, member_hypers(values, len(seed_keys))))
+
     return Program(
-        init=jax.jit(lambda keys: jax.lax.map(init, keys)),  # not vmap: see init_population
+        init=jax.jit(init_members),  # lax.map, not vmap: see init_population
         train_steps=train_steps,
         evaluate=jax.jit(jax.vmap(metrics_of, in_axes=(0, None, None))),
         evaluate_sampled=jax.jit(jax.vmap(evaluate_sampled, in_axes=(0, 0, None))),
@@ -349,7 +390,8 @@ def checkpoint_manager(run_dir: Path):
 def abstract_state(program: Program, seeds: list[int]) -> Any:
     """The shapes, dtypes and device placement of a run's state (nothing is computed)."""
     shapes = jax.eval_shape(program.init, seed_keys(seeds))
-    sharding = seed_sharding(len(seeds)) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    members = len(shapes["step"])  # the seeds of every value of a group
+    sharding = seed_sharding(members) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
@@ -462,17 +504,27 @@ class LoadedRun(NamedTuple):
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
-    """The last checkpoint of a run folder, with everything needed to apply its models."""
+    """The last checkpoint of a run folder, with everything needed to apply its models (a
+    value of a group: its seeds of the group's checkpoint)."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    group_dir, values, members = run_dir, (), slice(None)
+    if within := read_json(run_dir / "config.json").get("vmapped_in"):
+        group_dir = (run_dir / within).resolve()
+        values = read_json(group_dir / "config.json")["values"]
+        index = [value_name(v) for v in values].index(run_dir.name)
+        members = slice(index * config.seeds, (index + 1) * config.seeds)
+        config = load_run_config(group_dir)
     task = make_task(config.task_config())
     config = resolve_epochs(config, task)
     model = config.model_config(task)
-    program = build_program(config, task, model)
-    state, _ = restore_verified(run_dir, abstract_state(program, config.seed_list), reject=False)
+    program = build_program(config, task, model, values)
+    abstract = abstract_state(program, config.seed_list)
+    state, _ = restore_verified(group_dir, abstract, reject=False)
     if state is None:
-        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
-    return LoadedRun(config, task, model, state["params"])
+        raise FileNotFoundError(f"no checkpoint in {group_dir / 'checkpoints'}")
+    own_config = resolve_epochs(load_run_config(run_dir), task) if values else config
+    return LoadedRun(own_config, task, model, _of_members(state["params"], members))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,6 +581,32 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class Outlet:
+    """Where one value of a run writes its config, metrics, W&B runs and summary, and which
+    members of the state are its seeds. A run without vmapped values has one outlet, the run
+    folder itself; a group has one per value, ``RUN/values/<field=value,...>``, while its
+    checkpoints and lock stay in ``RUN``."""
+
+    run_dir: Path
+    config: TrainConfig
+    members: slice
+
+
+def outlets(config: TrainConfig, run_dir: Path, values: Sequence[Mapping]) -> list[Outlet]:
+    seeds = config.seeds
+    if not values:
+        return [Outlet(run_dir, config, slice(0, seeds))]
+    return [
+        Outlet(
+            run_dir / "values" / value_name(v),
+            dataclasses.replace(config, **v),
+            slice(i * seeds, (i + 1) * seeds),
+        )
+        for i, v in enumerate(values)
+    ]
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A run that passed every check, with its compiled program; no folder written yet."""
 
@@ -540,6 +618,8 @@ class Prepared:
     abstract: Any  # the state's shapes and placement
     resumed: bool
     replace: bool  # the folder holds another config and no checkpoint: start it afresh
+    values: tuple[dict[str, float], ...] = ()  # a group's vmapped values
+    outlets: tuple[Outlet, ...] = ()
 
 
 def available_memory() -> int | None:
@@ -577,21 +657,30 @@ def check_memory(compiled, margin: float = 0.8) -> None:
         )
 
 
-def _saved_config_differs(run_dir: Path, config: TrainConfig) -> list[str]:
-    """The identity fields in which the run folder's saved config differs from ``config``."""
-    saved = read_json(run_dir / "config.json")["run"]
+def _saved_config_differs(
+    run_dir: Path, config: TrainConfig, values: Sequence[Mapping] = ()
+) -> list[str]:
+    """The identity fields in which the run folder's saved config differs from ``config``
+    (``values`` too, for a group's folder)."""
+    saved = read_json(run_dir / "config.json")
     defaults = TrainConfig().identity()  # a field added since the run: its default
-    return sorted(k for k, v in config.identity().items() if saved.get(k, defaults[k]) != v)
+    differs = sorted(
+        k for k, v in config.identity().items() if saved["run"].get(k, defaults[k]) != v
+    )
+    return differs + (["values"] if saved.get("values", []) != list(values) else [])
 
 
-def prepare(config: TrainConfig, run_dir: Path, wandb_mode: str) -> Prepared:
+def prepare(
+    config: TrainConfig, run_dir: Path, wandb_mode: str, values: Sequence[Mapping] = ()
+) -> Prepared:
     """Every check, the task, the model and the compiled program, before any folder exists."""
     if wandb_mode not in WANDB_MODES:
         raise ValueError(f"unknown W&B mode {wandb_mode!r}; valid modes: {', '.join(WANDB_MODES)}")
+    values = check_values(config, values)
     task = make_task(config.task_config())
     config = resolve_epochs(config, task)  # with epochs, the step count depends on the corpus
     resumed, replace = (run_dir / "config.json").exists(), False
-    if resumed and (differs := _saved_config_differs(run_dir, config)):
+    if resumed and (differs := _saved_config_differs(run_dir, config, values)):
         if checkpoint_steps(run_dir):
             raise RunError(
                 f"{run_dir} holds a run with a different config (differs in: "
@@ -604,20 +693,24 @@ def prepare(config: TrainConfig, run_dir: Path, wandb_mode: str) -> Prepared:
         )
         resumed, replace = False, True
     model = config.model_config(task)
-    program = build_program(config, task, model)
+    program = build_program(config, task, model, values)
     abstract = abstract_state(program, config.seed_list)
     train_chunk = program.train_chunk.lower(abstract, task.data).compile()
     check_memory(train_chunk)
-    return Prepared(config, task, model, program, train_chunk, abstract, resumed, replace)
+    return Prepared(
+        config, task, model, program, train_chunk, abstract, resumed, replace, values,
+        tuple(outlets(config, run_dir, values)),
+    )  # fmt: skip
 
 
-def write_run_config(run: Prepared, run_dir: Path, state: dict) -> None:
-    """``config.json``: the config, the model, the task, where its data came from, versions."""
+def write_run_config(run: Prepared, outlet: Outlet, state: dict) -> None:
+    """``config.json``: the config, the model, the task, where its data came from, versions
+    (a value of a group: that value's config, and where the group is)."""
     write_json(
-        run_dir / "config.json",
+        outlet.run_dir / "config.json",
         {
             "wandb_id": uuid.uuid4().hex[:8],
-            "run": dataclasses.asdict(run.config),
+            "run": dataclasses.asdict(outlet.config),
             "model": dataclasses.asdict(run.model),
             "task": {
                 "name": run.task.name,
@@ -629,6 +722,20 @@ def write_run_config(run: Prepared, run_dir: Path, state: dict) -> None:
             "git_commit": git_commit(),
             "params_per_seed": count_params(jax.tree.map(lambda v: v[0], state["params"])),
             "seed_devices": len(state["step"].sharding.device_set),
+        }
+        | ({"vmapped_in": "../.."} if run.values else {}),
+    )
+
+
+def write_group_config(run: Prepared, run_dir: Path) -> None:
+    """A group's own ``config.json``: the config its values share, and the values."""
+    write_json(
+        run_dir / "config.json",
+        {
+            "run": dataclasses.asdict(run.config),
+            "values": list(run.values),
+            "package_version": package_version(),
+            "git_commit": git_commit(),
         },
     )
 
@@ -662,13 +769,40 @@ def train(
     ``state_transform`` edits the initial state (fault injection in tests, custom inits);
     ``stop_after`` stops once that many steps are done, as a killed run would.
     """
+    summaries = train_group(
+        config, (), run_dir, wandb_mode=wandb_mode, wandb_project=wandb_project,
+        wandb_group=wandb_group, progress=progress, state_transform=state_transform,
+        stop_after=stop_after,
+    )  # fmt: skip
+    return summaries[0]
+
+
+def train_group(
+    config: TrainConfig,
+    values: Sequence[Mapping[str, float]],
+    run_dir: str | Path,
+    *,
+    wandb_mode: str = "offline",
+    wandb_project: str = "gru-research",
+    wandb_group: str | None = None,
+    progress: bool | None = None,
+    state_transform=None,
+    stop_after: int | None = None,
+) -> list[dict]:
+    """Train (or resume) every value of a group in one program: ``values`` (each a mapping of
+    the same vmappable fields to numbers) times ``config``'s seeds, vmapped together; returns
+    each value's summary, in order. Value v writes ``RUN/values/<field=value,...>`` as a run
+    folder of its own (its config, metrics, W&B runs and summary), equal to the run of that
+    value alone; the checkpoints and the lock are the group's, in ``RUN``. With no values it
+    is :func:`train`, writing ``RUN`` itself."""
     run_dir = Path(run_dir)
-    if (finished := _finished_summary(config, run_dir)) is not None:
+    values = check_values(config, values)
+    if (finished := finished_summaries(config, run_dir, values)) is not None:
         return finished
 
     # prepare: every check, the compiled program and its memory; nothing written yet
     check_unlocked(run_dir)
-    run = prepare(config, run_dir, wandb_mode)
+    run = prepare(config, run_dir, wandb_mode, values)
     with run_lock(run_dir):
         return _train_locked(
             run, run_dir, wandb_mode, wandb_project, wandb_group, progress, state_transform,
@@ -683,6 +817,11 @@ def _clear_folder(run_dir: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def _members(metrics: dict, outlet: Outlet) -> dict:
+    """An outlet's seeds of per-member metrics."""
+    return {k: np.asarray(v)[outlet.members] for k, v in metrics.items()}
+
+
 def _train_locked(
     run: Prepared,
     run_dir: Path,
@@ -692,7 +831,7 @@ def _train_locked(
     progress: bool | None,
     state_transform,
     stop_after: int | None,
-) -> dict:
+) -> list[dict]:
     config, task, seeds = run.config, run.task, run.config.seed_list
     if run.replace:
         _clear_folder(run_dir)
@@ -706,25 +845,34 @@ def _train_locked(
             state = state_transform(state)
         state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, run.abstract))
     if not run.resumed:
-        write_run_config(run, run_dir, state)
-    metrics_file = MetricsFile(run_dir / "metrics.jsonl")
-    metrics_file.truncate_after(start)
-    wandb_id = read_json(run_dir / "config.json")["wandb_id"]
-    replay = run.resumed and wandb_mode == "offline"
-    if replay:  # metrics.jsonl is the source of truth: each seed's offline history rebuilt
-        remove_offline_runs(run_dir, wandb_id)
-    wandb_runs = WandbRuns(
-        wandb_mode,
-        run_dir,
-        dataclasses.asdict(config),
-        seeds,
-        project=wandb_project,
-        group=wandb_group or f"{config.task}-T{config.seq_len}",
-        run_id=wandb_id,
-        name=config.cell,
-    )
-    if replay:
-        wandb_runs.log(metrics_file.records)
+        if run.values:
+            write_group_config(run, run_dir)
+        for outlet in run.outlets:
+            outlet.run_dir.mkdir(parents=True, exist_ok=True)
+            write_run_config(run, outlet, state)
+    files, trackers = [], []
+    for outlet in run.outlets:
+        metrics_file = MetricsFile(outlet.run_dir / "metrics.jsonl")
+        metrics_file.truncate_after(start)
+        wandb_id = read_json(outlet.run_dir / "config.json")["wandb_id"]
+        replay = run.resumed and wandb_mode == "offline"
+        if replay:  # metrics.jsonl is the source of truth: each seed's offline history rebuilt
+            remove_offline_runs(outlet.run_dir, wandb_id)
+        name = config.cell + (f"-{value_name(v)}" if (v := _value_of(run, outlet)) else "")
+        wandb_runs = WandbRuns(
+            wandb_mode,
+            outlet.run_dir,
+            dataclasses.asdict(outlet.config),
+            seeds,
+            project=wandb_project,
+            group=wandb_group or f"{config.task}-T{config.seq_len}",
+            run_id=wandb_id,
+            name=name,
+        )
+        if replay:
+            wandb_runs.log(metrics_file.records)
+        files.append(metrics_file)
+        trackers.append(wandb_runs)
     baseline_fields = {f"baseline_{k}": v for k, v in task.baseline.items()}
 
     def with_baseline(record):
@@ -732,9 +880,15 @@ def _train_locked(
         solved = all(v is not None for v in record.values()) and bool(task.is_solved(values))
         return {**baseline_fields, "solved": solved}
 
-    def log(records):
-        metrics_file.extend(records)
-        wandb_runs.log(records)
+    def log(step: int, split: str, metrics: dict, extra=None) -> list[list[dict]]:
+        """Each outlet's records of per-member ``metrics``, written and sent to W&B."""
+        written = []
+        for outlet, metrics_file, wandb_runs in zip(run.outlets, files, trackers, strict=True):
+            records = _records(step, seeds, split, _members(metrics, outlet), extra)
+            metrics_file.extend(records)
+            wandb_runs.log(records)
+            written.append(records)
+        return written
 
     # the loop: chunks of steps, then log, evaluate and checkpoint where they fall due
     bar = _progress_bar(config.steps, start, progress)
@@ -750,7 +904,7 @@ def _train_locked(
         done = step == config.steps
         if step % config.log_every == 0 or done:
             means = _window_mean(window, window_steps)
-            log(_records(step, seeds, "train", means))
+            log(step, "train", means)
             bar.update(window_steps)
             window, window_steps = [], 0
             bar.set_postfix_str(" ".join(f"{float(v):.4f}" for v in means["loss"]))
@@ -758,7 +912,7 @@ def _train_locked(
             valid = evaluate(
                 run.program, task, state, "validation", config.batch_size, config.stateful
             )
-            log(_records(step, seeds, "validation", valid, with_baseline))
+            log(step, "validation", valid, with_baseline)
         if step % config.checkpoint_every == 0 or done:
             import orbax.checkpoint as ocp
 
@@ -768,36 +922,65 @@ def _train_locked(
     bar.close()
     manager.close()
     if step < config.steps:  # stopped early, as a killed run: W&B closed, no summary
-        wandb_runs.finish({})
-        return {"stopped_at": step}
+        for wandb_runs in trackers:
+            wandb_runs.finish({})
+        return [{"stopped_at": step} for _ in run.outlets]
 
     # the summary: the test split, the diverged seeds, W&B closed
     test = evaluate(run.program, task, state, "test", config.batch_size, config.stateful)
-    test_records = _records(step, seeds, "test", test, with_baseline)
-    log(test_records)
-    summary = summarise(config, task, state, test_records, time.perf_counter() - started)
-    wandb_runs.finish(
-        {
-            seed: {f"test/{k}": v[i] for k, v in summary["final"].items()}
-            for i, seed in enumerate(seeds)
-        }
-    )
-    write_json(run_dir / "summary.json", summary)
-    return summary
+    seconds = time.perf_counter() - started
+    summaries = []
+    for outlet, test_records, wandb_runs in zip(
+        run.outlets, log(step, "test", test, with_baseline), trackers, strict=True
+    ):
+        own = {k: _of_members(state[k], outlet.members) for k in SUMMARY_STATE}
+        summary = summarise(outlet.config, task, own, test_records, seconds)
+        wandb_runs.finish(
+            {
+                seed: {f"test/{k}": v[i] for k, v in summary["final"].items()}
+                for i, seed in enumerate(seeds)
+            }
+        )
+        write_json(outlet.run_dir / "summary.json", summary)
+        summaries.append(summary)
+    return summaries
+
+
+SUMMARY_STATE = ("params", "diverged", "diverged_at")
+"""What :func:`summarise` reads of the state, sliced to each value's seeds."""
+
+
+def _of_members(tree: Any, members: slice) -> Any:
+    return jax.tree.map(lambda v: v[members], tree)
+
+
+def _value_of(run: Prepared, outlet: Outlet) -> dict[str, float]:
+    return run.values[run.outlets.index(outlet)] if run.values else {}
 
 
 EPOCH_DERIVED = ("steps", "eval_every", "checkpoint_every", "log_every")
 
 
-def _finished_summary(config: TrainConfig, run_dir: Path) -> dict | None:
-    """The summary of a finished run of this config in ``run_dir``, if there is one (read
-    without building anything: with epochs, the fields the corpus sets are not compared)."""
-    if not (run_dir / "summary.json").exists() or not (run_dir / "config.json").exists():
-        return None
+def finished_summaries(
+    config: TrainConfig, run_dir: Path, values: Sequence[Mapping]
+) -> list[dict] | None:
+    """Each value's summary if the run (or every value of the group) in ``run_dir`` finished
+    with this config (read without building anything: with epochs, the fields the corpus sets
+    are not compared)."""
     ignored = EPOCH_DERIVED if config.epochs is not None else ()
-    if any(k not in ignored for k in _saved_config_differs(run_dir, config)):
+    summaries = []
+    for outlet in outlets(config, run_dir, values):
+        folder = outlet.run_dir
+        if not (folder / "summary.json").exists() or not (folder / "config.json").exists():
+            return None
+        if any(k not in ignored for k in _saved_config_differs(folder, outlet.config)):
+            return None
+        summaries.append(read_json(folder / "summary.json"))
+    if values and (
+        not (run_dir / "config.json").exists() or _saved_config_differs(run_dir, config, values)
+    ):
         return None
-    return read_json(run_dir / "summary.json")
+    return summaries
 
 
 def summarise(

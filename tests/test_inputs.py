@@ -270,10 +270,10 @@ def test_a_sweep_whose_first_point_fails_to_start_leaves_no_folder(tmp_path, mon
     import gru_research.train as train_module
     from gru_research.sweep import run_sweep
 
-    def refuse(config, run_dir, **kwargs):
+    def refuse(config, values, run_dir, **kwargs):
         raise ValueError("the training program needs 1300.57 GiB but 22 GiB is available")
 
-    monkeypatch.setattr(train_module, "train", refuse)
+    monkeypatch.setattr(train_module, "train_group", refuse)
     sweep = write_sweep(tmp_path / "s.yaml", {**TINY_SWEEP, "cell": {"values": ["gru", "lstm"]}})
     out = tmp_path / "new" / "out"
     with pytest.raises(ValueError, match="1300.57 GiB"):
