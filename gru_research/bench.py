@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -782,16 +782,18 @@ def regime_seed_scaling(
 LOOP_CHUNK = 10
 
 
-def training_loop_step(regime: Regime, cell: str, seeds: int) -> Step:
+def training_loop_step(
+    regime: Regime, cell: str, seeds: int, values: Sequence[Mapping[str, float]] = ()
+) -> Step:
     """The step ``gru-research train`` runs (batch sampling inside the step, the optimiser,
     the freeze of diverged seeds, per-step metrics): its compiled chunk of ``LOOP_CHUNK``
-    steps, timed per step."""
+    steps, timed per step; with ``values``, of the group that trains them all with the seeds."""
     from gru_research.train import abstract_state, build_program
 
     every = {"log_every": LOOP_CHUNK, "eval_every": LOOP_CHUNK, "checkpoint_every": LOOP_CHUNK}
     config = dataclasses.replace(regime.config(cell, seeds), **every)
     task = regime_task(config)
-    program = build_program(config, task, config.model_config(task))
+    program = build_program(config, task, config.model_config(task), values)
     state = program.init(seed_keys(config.seed_list))
     start = time.perf_counter()
     chunk = program.train_chunk.lower(abstract_state(program, config.seed_list), task.data)
@@ -803,8 +805,47 @@ def training_loop_step(regime: Regime, cell: str, seeds: int) -> Step:
         holder["state"], metrics = compiled(holder["state"], task.data)
         jax.block_until_ready(metrics)
 
-    name = f"gru-research train's step ({cell}, {seeds} seed{'s' if seeds > 1 else ''})"
+    name = f"gru-research train's step ({cell}, {seeds} seed{'s' if seeds > 1 else ''}"
+    name += f", {len(values)} values vmapped)" if values else ")"
     return Step(name, run, compile_s / LOOP_CHUNK, compiled_bytes(compiled))
+
+
+GRID_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
+
+
+@dataclass(frozen=True)
+class GridTiming:
+    """A group of V learning rates × S seeds in one program against one single-seed run's
+    step, each timed per step; compile seconds apart."""
+
+    values: int
+    seeds: int
+    group_s: float
+    single_s: float
+    group_compile_s: float
+    single_compile_s: float
+
+    @property
+    def speed_up(self) -> float:
+        """The group's throughput over its V·S runs trained one after another."""
+        return self.values * self.seeds * self.single_s / self.group_s
+
+
+def grid_speed(regime: Regime, cell: str, seeds: int, rounds: int) -> GridTiming:
+    """``GRID_LRS`` × ``seeds`` seeds in one training-loop program against the training loop of
+    one seed at one rate, timed interleaved in the steady state."""
+    values = [{"lr": lr} for lr in GRID_LRS]
+    group = training_loop_step(regime, cell, seeds, values)
+    single = training_loop_step(regime, cell, 1)
+    medians = time_interleaved([group, single], rounds)
+    return GridTiming(
+        len(values),
+        seeds,
+        medians[group.name] / LOOP_CHUNK,
+        medians[single.name] / LOOP_CHUNK,
+        group.compile_s * LOOP_CHUNK,
+        single.compile_s * LOOP_CHUNK,
+    )
 
 
 def loop_overhead(regime: Regime, cell: str, seeds: int, rounds: int) -> tuple[float, float]:

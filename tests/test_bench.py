@@ -36,6 +36,7 @@ def scripts():
             feng_speed=importlib.import_module("feng_speed"),
             small_models=importlib.import_module("small_models"),
             jobs_speed=importlib.import_module("jobs_speed"),
+            vmap_grid=importlib.import_module("vmap_grid"),
         )
 
 
@@ -496,6 +497,16 @@ def test_fixed_share_of_an_affine_step_time(scripts):
     assert share == pytest.approx(0.25)
     assert scripts.small_models.fixed_share({1: 1.0}) is None
     assert scripts.small_models.fixed_share({1: 1.0, 4: 0.5}) == 0.0  # slower than affine
+
+
+def test_a_grid_of_rates_trains_in_one_program_and_its_report_says_so(scripts):
+    timing = bench.grid_speed(tiny_regime("copy"), "gru", seeds=2, rounds=1)
+    assert (timing.values, timing.seeds) == (4, 2)
+    assert timing.speed_up == pytest.approx(8 * timing.single_s / timing.group_s)
+    assert positive_finite(timing.group_compile_s) and positive_finite(timing.single_compile_s)
+    known = bench.GridTiming(4, 4, group_s=2.0, single_s=1.0, group_compile_s=3, single_compile_s=1)
+    rows = scripts.vmap_grid.target_rows({"gru": known}, "cpu")
+    assert rows[0]["measured"] == "8.00×" and rows[0]["verdict"] == "**held**"
 
 
 def test_jobs_ceiling_from_the_pinned_run(scripts):
