@@ -6,6 +6,7 @@ The sweep file's ``report`` section says what the report holds::
       metrics: [loss, accuracy]   # final test metrics, one table each (first: the claims')
       reference: gru              # the Welch t-test's reference design
       rows: cell                  # row parameters (comma-separated), default cell
+      tune: {parameter: lr, on: validation, metric: loss}   # each design at its best lr
       paper:                      # published numbers, matched on the listed config values
         - {cell: lstm, seq_len: 100, value: 0.145, source: "Fig. 1, read off the plot"}
       claims:                     # each checked on the table's means
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from gru_research.executors import IN_PROCESS
 from gru_research.reporting import claims_table, markdown_table, report_header, verdict
-from gru_research.tables import HIGHER_IS_BETTER, Table, label, to_markdown, write_table
+from gru_research.tables import HIGHER_IS_BETTER, Table, Tuning, label, to_markdown, write_table
 from gru_research.tracking import write_atomic
 
 CHECKS = ("below", "above", "within_baseline", "below_baseline", "better_than", "close_to")
@@ -91,9 +92,15 @@ def write_report(
     spec = sweep.get("report", {})
     metrics = spec.get("metrics", ["loss"])
     row_keys = tuple(spec.get("rows", "cell").split(","))
+    tuning = Tuning(**spec["tune"]) if spec.get("tune") else None
     tables = [
         write_table(
-            out, m, reference=spec.get("reference"), row_keys=row_keys, paper=spec.get("paper")
+            out,
+            m,
+            reference=spec.get("reference"),
+            row_keys=row_keys,
+            paper=spec.get("paper"),
+            tuning=tuning,
         )
         for m in metrics
     ]
@@ -115,6 +122,10 @@ def write_report(
         lines += ["", f"**Scale.** {spec['scale_note'].strip()}"]
     for table in tables:
         lines += ["", f"## Final test {table.metric}", "", to_markdown(table)]
+    if tuning is not None:
+        lines += ["", f"## The whole grid over {tuning.parameter} (descriptive)", ""]
+        for table in tables:
+            lines += [(out / f"table_{table.metric}_grid.md").read_text()]
     plots = sorted(p.name for p in out.glob("curves_*.png"))
     if plots:
         lines += ["## Learning curves (validation)", ""]

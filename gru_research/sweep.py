@@ -35,6 +35,7 @@ import yaml
 
 from gru_research.config import VMAPPABLE, TrainConfig, check_values, value_grid, value_name
 from gru_research.reporting import format_mean_std
+from gru_research.tables import tuning_problem
 from gru_research.tracking import check_output_folder, write_atomic
 
 if TYPE_CHECKING:
@@ -137,6 +138,8 @@ def report_problem(sweep: dict) -> str | None:
     report = sweep.get("report", {})
     if not isinstance(report, dict):
         return f"must be a mapping, got {report!r}"
+    if "tune" in report and (problem := tuning_problem(report["tune"], sweep["parameters"])):
+        return f"tune: {problem}"
     reference, row = report.get("reference"), str(report.get("rows", "cell")).split(",")[0]
     spec = sweep["parameters"].get(row, {})
     rows = spec.get("values", [spec["value"]] if "value" in spec else None)

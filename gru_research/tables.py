@@ -32,6 +32,9 @@ from gru_research.tracking import read_json, write_atomic
 HIGHER_IS_BETTER = ("accuracy",)
 IGNORED_IN_SETTINGS = ("cell", "seed", "seeds", "hidden", "wandb", *PROVENANCE_FIELDS)
 METRIC_ALIASES = {"bits_per_token": "bpc"}
+METRIC_NAMES = ("loss", "accuracy", "bits_per_token", "bpc", "perplexity")
+"""The metrics the tasks log (each task logs some of them)."""
+TUNE_SPLITS = ("validation",)
 """A metric's older name, read where a run folder predates the new one (word-level PTB runs
 logged their bits per word as "bpc")."""
 
@@ -70,15 +73,26 @@ class Run:
         ]
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """``tune: {parameter: lr, on: validation, metric: loss}`` of a sweep's report."""
+
+    parameter: str
+    on: str = "validation"
+    metric: str = "loss"
+
+
 @dataclass
 class Entry:
-    """One entry of a table: the seeds' values of one design in one task setting."""
+    """One entry of a table: the seeds' values of one design in one task setting (and, in a
+    tuned table, the value of the tuned parameter they were read at)."""
 
     values: list[float]
     diverged: int
     paper: float | None = None
     p_value: float | None = None
     best: bool = False
+    tuned: str | None = None
 
     @property
     def mean(self) -> float:
@@ -100,6 +114,7 @@ class Table:
     baselines: dict[tuple, float] = field(default_factory=dict)
     reference: str | None = None
     total_seconds: float = 0.0
+    tuning: Tuning | None = None
 
     def where(self, row: tuple, column: tuple) -> dict:
         """The config values an entry stands for: its row's and its column's."""
@@ -132,6 +147,85 @@ def load_runs(root: str | Path) -> list[Run]:
     return runs
 
 
+def tuning_problem(spec: Any, parameters: dict) -> str | None:
+    """What is wrong with a report's ``tune`` entry, or None: a mapping naming a parameter
+    the sweep varies, a split to select on and a metric name."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("parameter"), str):
+        return f"must be a mapping with a 'parameter', got {spec!r}"
+    if unknown := sorted(set(spec) - {"parameter", "on", "metric"}):
+        return f"unknown keys {unknown}; valid: parameter, on, metric"
+    name = spec["parameter"]
+    if "values" not in parameters.get(name, {}):
+        varied = [k for k, v in parameters.items() if "values" in v]
+        return f"parameter {name!r} is not varied by the sweep; varied: {', '.join(varied)}"
+    if spec.get("on", "validation") not in TUNE_SPLITS:
+        return f"unknown split {spec['on']!r} to tune on; valid: {', '.join(TUNE_SPLITS)}"
+    if spec.get("metric", "loss") not in METRIC_NAMES:
+        return f"unknown metric {spec['metric']!r} to tune on; valid: {', '.join(METRIC_NAMES)}"
+    return None
+
+
+def final_evaluation(run: Run, split: str, metric: str) -> float | None:
+    """The mean over the seeds of ``metric`` at the run's last ``split`` evaluation (None if it
+    logged none); raises naming the logged metrics for an unknown one."""
+    records = run.evaluations(split, metric)
+    if not records:
+        return None
+    last = max(r["step"] for r in records)
+    return float(np.mean([r[metric] for r in records if r["step"] == last]))
+
+
+def tune_runs(runs: list[Run], tuning: Tuning) -> tuple[list[Run], dict[Path, Any]]:
+    """The runs at each tuning group's chosen value of ``tuning.parameter``, and the value
+    chosen for each kept run's folder.
+
+    A tuning group is the runs that agree on every other varying key. Its chosen value has the
+    best mean final ``on`` metric over the seeds (highest for accuracy, lowest otherwise); a
+    value with a diverged seed ranks after every value without one; ties go to the smaller
+    value.
+    """
+    if tuning.metric not in (logged := _logged_evaluations(runs, tuning.on)):
+        raise ValueError(
+            f"cannot tune on {tuning.on} {tuning.metric!r}: no run logged it; logged: "
+            f"{', '.join(logged)}"
+        )
+    others = [k for k in varying_keys(runs) if k != tuning.parameter]
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(repr(run.config.get(k)) for k in others), []).append(run)
+    sign = -1 if tuning.metric in HIGHER_IS_BETTER else 1
+    kept, chosen = [], {}
+    for members in groups.values():
+
+        def rank(run: Run) -> tuple:
+            score = final_evaluation(run, tuning.on, tuning.metric)
+            missing = score is None or bool(run.summary["diverged"])
+            return (
+                missing,
+                sign * score if score is not None else 0.0,
+                run.config.get(tuning.parameter),
+            )
+
+        best = min(members, key=rank)
+        value = best.config.get(tuning.parameter)
+        for run in members:
+            if run.config.get(tuning.parameter) == value:
+                kept.append(run)
+                chosen[run.folder] = value
+    return kept, chosen
+
+
+def _logged_evaluations(runs: list[Run], split: str) -> list[str]:
+    names = set()
+    for run in runs:
+        path = run.folder / "metrics.jsonl"
+        for line in path.read_text("utf-8").splitlines() if path.exists() else []:
+            record = json.loads(line)
+            if record.get("split") == split:
+                names |= {k for k, v in record.items() if isinstance(v, float)}
+    return sorted(n for n in names if not n.startswith("baseline_"))
+
+
 def varying_keys(runs: list[Run]) -> list[str]:
     keys = sorted({k for r in runs for k in r.config})
     return [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1]
@@ -144,10 +238,17 @@ def build_table(
     row_keys: tuple[str, ...] = ("cell",),
     reference: str | None = None,
     paper: list[dict] | None = None,
+    tuning: Tuning | None = None,
 ) -> Table:
-    """The table of ``metric`` (a final test metric) over the runs."""
+    """The table of ``metric`` (a final test metric) over the runs; with ``tuning``, each
+    design and setting at its chosen value of the tuned parameter (:func:`tune_runs`), that
+    value printed in its cell."""
     reference = check_request(runs, metric, row_keys, reference)
-    column_keys = [k for k in varying_keys(runs) if k not in row_keys + IGNORED_IN_SETTINGS]
+    chosen: dict[Path, Any] = {}
+    if tuning is not None:
+        runs, chosen = tune_runs(runs, tuning)
+    ignored = row_keys + IGNORED_IN_SETTINGS + ((tuning.parameter,) if tuning else ())
+    column_keys = [k for k in varying_keys(runs) if k not in ignored]
     column_keys = ["task", *(k for k in column_keys if k != "task")]  # labels start with it
 
     def key(run: Run, keys) -> tuple:
@@ -155,10 +256,14 @@ def build_table(
 
     rows = sorted(dict.fromkeys(key(r, row_keys) for r in runs), key=_design_order)
     columns = sorted(dict.fromkeys(key(r, column_keys) for r in runs), key=_task_order)
-    table = Table(metric, rows, list(row_keys), columns, column_keys, reference=reference)
+    table = Table(
+        metric, rows, list(row_keys), columns, column_keys, reference=reference, tuning=tuning
+    )
     for run in runs:
         at = (key(run, row_keys), key(run, column_keys))
         entry = table.entries.setdefault(at, Entry([], 0))
+        if run.folder in chosen:
+            entry.tuned = f"{tuning.parameter} {_value_text(chosen[run.folder])}"
         entry.values.extend(run.values(metric))
         entry.diverged += len(run.summary["diverged"])
         table.total_seconds += run.summary.get("wall_time_s", 0.0)
@@ -178,6 +283,10 @@ def build_table(
         if scored:
             min(scored, key=lambda e: sign * e.mean).best = True
     return table
+
+
+def _value_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def logged_metrics(runs: list[Run]) -> list[str]:
@@ -248,7 +357,7 @@ def format_entry(entry: Entry | None) -> str:
         text = format_mean_std(entry.values)
         text = f"**{text}**" if entry.best else text
         text += f" (n={len(entry.values)}" + (f", {entry.diverged} div." if entry.diverged else "")
-        text += ")"
+        text += f", {entry.tuned})" if entry.tuned else ")"
     if entry.p_value is not None and entry.p_value < SIGNIFICANCE:
         text += " *"
     if entry.paper is not None:
@@ -282,6 +391,12 @@ def to_markdown(table: Table) -> str:
     ]
     if table.reference:
         notes.append(f"`*`: Welch t-test against `{table.reference}` significant at 5%.")
+    if table.tuning:
+        t = table.tuning
+        notes.append(
+            f"Tuned: each cell at the `{t.parameter}` (in the cell) of the best mean final "
+            f"{t.on} `{t.metric}` for its design and setting."
+        )
     return markdown_table(rows, [corner, *columns]) + "\n" + " ".join(notes) + "\n"
 
 
@@ -360,12 +475,20 @@ def write_table(
     row_keys: tuple[str, ...] = ("cell",),
     paper: list[dict] | None = None,
     out_dir: str | Path | None = None,
+    tuning: Tuning | None = None,
 ) -> Table:
-    """Read the runs under ``root``; write table.md, table.csv and the curves beside them."""
+    """Read the runs under ``root``; write table.md, table.csv and the curves beside them
+    (tuned: the tuned table, and the whole grid as ``table_<metric>_grid.md`` / ``.csv``)."""
     runs = load_runs(root)
-    table = build_table(runs, metric, row_keys=row_keys, reference=reference, paper=paper)
+    table = build_table(
+        runs, metric, row_keys=row_keys, reference=reference, paper=paper, tuning=tuning
+    )
     out_dir = Path(out_dir or root)
     write_atomic(out_dir / f"table_{metric}.md", to_markdown(table))
     write_atomic(out_dir / f"table_{metric}.csv", to_csv(table))
-    plot_curves(runs, table, out_dir)
+    if tuning is not None:
+        grid = build_table(runs, metric, row_keys=row_keys, reference=reference)
+        write_atomic(out_dir / f"table_{metric}_grid.md", to_markdown(grid))
+        write_atomic(out_dir / f"table_{metric}_grid.csv", to_csv(grid))
+    plot_curves(tune_runs(runs, tuning)[0] if tuning else runs, table, out_dir)
     return table

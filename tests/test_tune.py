@@ -1,0 +1,149 @@
+"""Tuned tables: each design at its best validation value of a parameter, on run folders of
+known values."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from scipy import stats
+
+from gru_research.report import write_report
+from gru_research.sweep import check_sweep
+from gru_research.tables import Tuning, build_table, load_runs, to_markdown, write_table
+
+LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+# cell -> lr -> (final validation loss per seed, test loss per seed)
+KNOWN = {
+    "gru": {
+        1e-3: ([0.30, 0.32], [0.31, 0.33]),
+        3e-3: ([0.10, 0.12], [0.11, 0.13]),  # gru's best on validation
+        1e-2: ([0.20, 0.22], [0.05, 0.06]),  # best on test: never chosen, test is not looked at
+        3e-2: ([0.50, 0.52], [0.51, 0.53]),
+    },
+    "lstm": {
+        1e-3: ([0.40, 0.41], [0.40, 0.42]),
+        3e-3: ([0.35, 0.36], [0.36, 0.37]),
+        1e-2: ([0.25, 0.26], [0.24, 0.27]),  # lstm's best
+        3e-2: ([0.90, 0.95], [0.91, 0.96]),
+    },
+}
+
+
+def fake_run(root: Path, cell: str, lr: float, valid: list, test: list, diverged=()) -> Path:
+    folder = root / f"cell={cell}" / "values" / f"lr={lr}"
+    folder.mkdir(parents=True)
+    config = {"task": "copy", "cell": cell, "lr": lr, "seq_len": 20, "seeds": len(test)}
+    (folder / "config.json").write_text(json.dumps({"run": config}))
+    seeds = list(range(len(test)))
+    final = [None if s in diverged else v for s, v in zip(seeds, test, strict=True)]
+    summary = {
+        "task": "copy",
+        "cell": cell,
+        "seeds": seeds,
+        "diverged": list(diverged),
+        "final": {"loss": final},
+        "baseline": {"loss": 10 * math.log(8) / 40},
+        "wall_time_s": 1.0,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    records = [
+        {"step": step, "seed": s, "split": "validation", "loss": v + (1.0 if step == 50 else 0)}
+        for step in (50, 100)
+        for s, v in zip(seeds, valid, strict=True)
+    ] + [
+        {"step": 100, "seed": s, "split": "test", "loss": v}
+        for s, v in zip(seeds, test, strict=True)
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def known_runs(root: Path) -> list:
+    for cell, by_lr in KNOWN.items():
+        for lr, (valid, test) in by_lr.items():
+            fake_run(root, cell, lr, valid, test)
+    return load_runs(root)
+
+
+def test_the_tuned_table_reports_test_at_the_best_validation_value(tmp_path):
+    runs = known_runs(tmp_path)
+    table = build_table(runs, "loss", reference="gru", tuning=Tuning("lr"))
+    assert table.column_keys == ["task"]  # lr is collapsed, not a column
+    gru = table.entries[(("gru",), ("copy",))]
+    lstm = table.entries[(("lstm",), ("copy",))]
+    assert gru.values == [0.11, 0.13] and gru.tuned == "lr 0.003"
+    assert lstm.values == [0.24, 0.27] and lstm.tuned == "lr 0.01"
+    assert lstm.p_value == pytest.approx(
+        stats.ttest_ind([0.24, 0.27], [0.11, 0.13], equal_var=False).pvalue
+    )
+    text = to_markdown(table)
+    assert "0.1200 ± 0.014** (n=2, lr 0.003)" in text and "Tuned: each cell at the `lr`" in text
+
+
+def test_a_diverged_seed_ranks_last_and_ties_go_to_the_smaller_value(tmp_path):
+    fake_run(tmp_path, "gru", 1e-3, [0.2, 0.2], [0.3, 0.3])
+    fake_run(tmp_path, "gru", 3e-3, [0.2, 0.2], [0.4, 0.4])  # a tie: the smaller value wins
+    fake_run(tmp_path, "gru", 1e-2, [0.01, 0.01], [0.01, 0.01], diverged=[1])  # best, diverged
+    table = build_table(load_runs(tmp_path), "loss", tuning=Tuning("lr"))
+    entry = table.entries[(("gru",), ("copy",))]
+    assert entry.tuned == "lr 0.001" and entry.values == [0.3, 0.3]
+
+
+def test_the_report_holds_the_tuned_table_its_grid_and_claims_on_the_tuned_one(tmp_path):
+    known_runs(tmp_path)
+    sweep = {
+        "name": "tuned",
+        "parameters": {"cell": {"values": ["gru", "lstm"]}, "lr": {"values": list(LRS)}},
+        "report": {
+            "reference": "gru",
+            "tune": {"parameter": "lr", "on": "validation", "metric": "loss"},
+            "paper": [{"cell": "gru", "value": 0.1, "source": "made up"}],
+            "claims": [
+                {"text": "gru under 0.15", "where": {"cell": "gru"}, "below": 0.15},
+                {"text": "lstm under 0.2", "where": {"cell": "lstm"}, "below": 0.2},
+            ],
+        },
+    }
+    report = write_report(tmp_path, check_sweep(sweep, "tuned"), command="cmd", wall_time_s=1)
+    text = report.read_text()
+    tuned = text.split("## Final test loss", 1)[1].split("##", 1)[0]
+    assert "(n=2, lr 0.003) [paper: 0.1]" in tuned
+    assert "## The whole grid over lr (descriptive)" in text
+    assert (tmp_path / "table_loss_grid.md").exists()
+    grid = (tmp_path / "table_loss_grid.md").read_text()
+    assert "copy lr=0.03" in grid and "0.05500 ± 0.0071" in grid  # every value, untuned
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if "under 0." in line}
+    assert "**held**" in lines["gru under 0.15"] and "0.12 vs 0.15" in lines["gru under 0.15"]
+    assert "**not held**" in lines["lstm under 0.2"]  # 0.255 at its tuned lr
+
+
+def test_write_table_writes_the_grid_beside_the_tuned_table(tmp_path):
+    known_runs(tmp_path)
+    write_table(tmp_path, "loss", tuning=Tuning("lr"))
+    assert "lr 0.003" in (tmp_path / "table_loss.md").read_text()
+    assert (tmp_path / "table_loss_grid.csv").read_text().count("\n") == 1 + 8
+
+
+@pytest.mark.parametrize(
+    ("tune", "words"),
+    [
+        (
+            {"parameter": "hidden"},
+            "parameter 'hidden' is not varied by the sweep; varied: cell, lr",
+        ),
+        ({"parameter": "lr", "metric": "perplexityx"}, "unknown metric 'perplexityx' to tune on"),
+        ({"parameter": "lr", "on": "test"}, "unknown split 'test' to tune on; valid: validation"),
+        ({"parameter": "lr", "goal": "max"}, "unknown keys ['goal']"),
+        ("lr", "must be a mapping with a 'parameter'"),
+    ],
+)
+def test_a_bad_tune_entry_is_one_line(tune, words):
+    sweep = {
+        "parameters": {"cell": {"values": ["gru"]}, "lr": {"values": list(LRS)}},
+        "report": {"tune": tune},
+    }
+    with pytest.raises(ValueError, match="^[^\n]*$") as err:
+        check_sweep(yaml.safe_load(yaml.safe_dump(sweep)), "s.yaml")
+    assert words in str(err.value) and str(err.value).startswith("s.yaml: report: tune: ")
