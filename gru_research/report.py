@@ -15,7 +15,8 @@ The sweep file's ``report`` section says what the report holds::
           within_baseline: 0.05   # |mean / baseline − 1| <= 0.05
         # other checks: below: X, above: X, below_baseline: F (mean <= F × baseline),
         # better_than: {cell: gru} (at the same column), close_to: {cell: gru, tolerance: 0.1},
-        # metric: NAME (default: the first)
+        # metric: NAME (default: the first); on the validation curve: by_step: {step: 5000,
+        # below: 0.01}, leaves_baseline: {ratio: 0.97, after_step: 2000, before_step: 50000}
 
 A claim holds when every table entry it selects passes its check; the report says
 "held", "not held" or "no data" and shows the numbers behind the verdict.
@@ -25,16 +26,72 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from gru_research.executors import IN_PROCESS
 from gru_research.reporting import claims_table, markdown_table, report_header, verdict
-from gru_research.tables import HIGHER_IS_BETTER, Table, Tuning, label, to_markdown, write_table
+from gru_research.tables import (
+    HIGHER_IS_BETTER,
+    Table,
+    Tuning,
+    label,
+    learning_curves,
+    load_runs,
+    to_markdown,
+    tune_runs,
+    write_table,
+)
 from gru_research.tracking import write_atomic
 
-CHECKS = ("below", "above", "within_baseline", "below_baseline", "better_than", "close_to")
+CURVE_CHECKS = ("by_step", "leaves_baseline")
+CHECKS = (
+    "below", "above", "within_baseline", "below_baseline", "better_than", "close_to",
+    *CURVE_CHECKS,
+)  # fmt: skip
+Curves = dict[tuple, dict[tuple, tuple[np.ndarray, np.ndarray]]]
 
 
-def check_claim(claim: dict, table: Table) -> tuple[str, str]:
-    """(verdict, the figures behind it) of one claim on one table."""
+def mean_curve(curves: Curves, row: tuple, column: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, the mean over seeds) of one entry's validation curve; empty if it has none."""
+    steps, grid = curves.get(column, {}).get(row, (np.zeros(0), np.zeros((0, 0))))
+    if grid.size == 0:
+        return np.zeros(0), np.zeros(0)
+    return steps, np.nanmean(grid, axis=0)
+
+
+def check_curve(
+    kind: str, spec: dict, steps: np.ndarray, mean: np.ndarray, baseline, higher: bool
+) -> tuple[bool, str]:
+    """A curve claim on one entry's mean validation curve.
+
+    ``by_step: {step: N, below: X}``: the last record at or before step N is at most X.
+    ``leaves_baseline: {ratio: r, after_step: a, before_step: b}``: the first record at most
+    r × the baseline (at least, for accuracy) comes after step a and before step b (either
+    bound may be left out).
+    """
+    if not steps.size:
+        return False, "no validation records"
+    if kind == "by_step":
+        upto = steps <= spec["step"]
+        if not upto.any():
+            return False, f"no record by step {spec['step']}"
+        value = float(mean[upto][-1])
+        at = int(steps[upto][-1])
+        return value <= spec["below"], f"{value:.4g} at step {at} vs {spec['below']}"
+    if baseline is None:
+        return False, "no baseline"
+    bound = spec["ratio"] * baseline
+    left = mean >= bound if higher else mean <= bound
+    if not left.any():
+        return False, f"never {'above' if higher else 'below'} {spec['ratio']}× baseline"
+    first = int(steps[np.argmax(left)])
+    ok = spec.get("after_step", -1) < first < spec.get("before_step", float("inf"))
+    return ok, f"leaves {spec['ratio']}× baseline at step {first}"
+
+
+def check_claim(claim: dict, table: Table, curves: Curves | None = None) -> tuple[str, str]:
+    """(verdict, the figures behind it) of one claim on one table (curve claims read the
+    entries' validation ``curves``, :func:`gru_research.tables.learning_curves`)."""
     kind = next((k for k in CHECKS if k in claim), None)
     if kind is None:
         raise ValueError(f"claim {claim.get('text')!r} has no check; valid checks: {CHECKS}")
@@ -46,7 +103,11 @@ def check_claim(claim: dict, table: Table) -> tuple[str, str]:
     for row, column, entry in selected:
         name = f"{label(table.row_keys, row)} @ {label(table.column_keys, column)}"
         baseline = table.baselines.get(column)
-        if kind == "below":
+        if kind in CURVE_CHECKS:
+            steps, mean = mean_curve(curves or {}, row, column)
+            higher = table.metric in HIGHER_IS_BETTER
+            ok, note = check_curve(kind, claim[kind], steps, mean, baseline, higher)
+        elif kind == "below":
             ok, note = entry.mean <= claim["below"], f"{entry.mean:.4g} vs {claim['below']}"
         elif kind == "above":
             ok, note = entry.mean >= claim["above"], f"{entry.mean:.4g} vs {claim['above']}"
@@ -144,12 +205,14 @@ def write_report(
         lines += ["", "## The paper's numbers", "", markdown_table(rows).rstrip("\n")]
     if spec.get("claims"):
         by_metric = {t.metric: t for t in tables}
-        lines += claims_table(
-            [
-                (claim["text"], *check_claim(claim, by_metric[claim.get("metric", metrics[0])]))
-                for claim in spec["claims"]
-            ]
-        )
+        runs = load_runs(out)
+        runs = tune_runs(runs, tuning)[0] if tuning else runs
+        checked = []
+        for claim in spec["claims"]:
+            table = by_metric[claim.get("metric", metrics[0])]
+            curves = learning_curves(runs, table) if any(k in claim for k in CURVE_CHECKS) else {}
+            checked.append((claim["text"], *check_claim(claim, table, curves)))
+        lines += claims_table(checked)
     path = out / "report.md"
     write_atomic(path, "\n".join(lines) + "\n")
     return path

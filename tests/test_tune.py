@@ -1,15 +1,16 @@
-"""Tuned tables: each design at its best validation value of a parameter, on run folders of
-known values."""
+"""Tuned tables (each design at its best validation value of a parameter) and claims about
+learning curves, on run folders and curves of known values."""
 
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from scipy import stats
 
-from gru_research.report import write_report
+from gru_research.report import check_curve, write_report
 from gru_research.sweep import check_sweep
 from gru_research.tables import Tuning, build_table, load_runs, to_markdown, write_table
 
@@ -147,3 +148,69 @@ def test_a_bad_tune_entry_is_one_line(tune, words):
     with pytest.raises(ValueError, match="^[^\n]*$") as err:
         check_sweep(yaml.safe_load(yaml.safe_dump(sweep)), "s.yaml")
     assert words in str(err.value) and str(err.value).startswith("s.yaml: report: tune: ")
+
+
+STEPS = np.array([1000, 2000, 3000, 4000, 5000])
+CURVE = np.array([0.50, 0.49, 0.30, 0.05, 0.008])  # a loss leaving a baseline of 0.5 at 3000
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "held", "figure"),
+    [
+        ("by_step", {"step": 5000, "below": 0.01}, True, "0.008 at step 5000"),
+        ("by_step", {"step": 4500, "below": 0.01}, False, "0.05 at step 4000"),
+        ("by_step", {"step": 500, "below": 1.0}, False, "no record by step 500"),
+        ("leaves_baseline", {"ratio": 0.97, "after_step": 2000}, True, "at step 3000"),
+        ("leaves_baseline", {"ratio": 0.97, "after_step": 3000}, False, "at step 3000"),
+        ("leaves_baseline", {"ratio": 0.97, "before_step": 3000}, False, "at step 3000"),
+        ("leaves_baseline", {"ratio": 0.97, "before_step": 3001}, True, "at step 3000"),
+        ("leaves_baseline", {"ratio": 0.001}, False, "never below 0.001× baseline"),
+    ],
+)
+def test_curve_claims_decide_on_known_curves(kind, spec, held, figure):
+    ok, note = check_curve(kind, spec, STEPS, CURVE, baseline=0.5, higher=False)
+    assert ok is held and figure in note
+
+
+def test_leaving_the_baseline_upward_for_accuracy():
+    accuracy = np.array([0.10, 0.11, 0.50, 0.90, 0.99])
+    spec = {"ratio": 2.0, "after_step": 2000, "before_step": 4000}
+    assert check_curve("leaves_baseline", spec, STEPS, accuracy, baseline=0.1, higher=True)[0]
+
+
+def test_the_report_checks_curve_claims_on_the_tuned_runs(tmp_path):
+    known_runs(tmp_path)  # validation at step 50 is the final value + 1, at step 100 the final
+    sweep = {
+        "name": "curves",
+        "parameters": {"cell": {"values": ["gru", "lstm"]}, "lr": {"values": list(LRS)}},
+        "report": {
+            "tune": {"parameter": "lr"},
+            "claims": [
+                {
+                    "text": "gru by 100",
+                    "where": {"cell": "gru"},
+                    "by_step": {"step": 100, "below": 0.2},
+                },
+                {
+                    "text": "gru by 50",
+                    "where": {"cell": "gru"},
+                    "by_step": {"step": 50, "below": 0.2},
+                },
+                {
+                    "text": "lstm leaves",
+                    "where": {"cell": "lstm"},
+                    "leaves_baseline": {"ratio": 1.0, "after_step": 50},
+                },
+            ],
+        },
+    }
+    text = write_report(tmp_path, check_sweep(sweep, "c"), command="c", wall_time_s=1).read_text()
+    lines = {
+        line.split("|")[1].strip(): line
+        for line in text.splitlines()
+        if "| gru by" in line or "| lstm leaves" in line
+    }
+    assert "**held**" in lines["gru by 100"] and "0.11 at step 100" in lines["gru by 100"]
+    assert "**not held**" in lines["gru by 50"] and "1.11 at step 50" in lines["gru by 50"]
+    # lstm at lr 0.01: 1.255 at step 50, 0.255 at 100, against a baseline of 0.52
+    assert "**held**" in lines["lstm leaves"] and "at step 100" in lines["lstm leaves"]
