@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gru_research.config import TrainConfig
 from gru_research.executors import IN_PROCESS
 from gru_research.reporting import claims_table, markdown_table, report_header, verdict
 from gru_research.tables import (
@@ -136,6 +137,24 @@ def check_claim(claim: dict, table: Table, curves: Curves | None = None) -> tupl
     return verdict(all(results)), "; ".join(evidence)
 
 
+def sizes_line(parameters: dict) -> str:
+    """Whether the designs were compared at equal parameter counts or at equal hidden sizes."""
+
+    def given(name: str):
+        spec = parameters.get(name, {})
+        return spec.get("values", spec.get("value"))
+
+    if (budget := given("param_budget")) is not None:
+        return (
+            "sizes: parameter-matched, each design at the largest hidden size within "
+            f"param_budget = {budget}"
+        )
+    hidden = given("hidden")
+    return (
+        f"sizes: equal hidden sizes, hidden = {TrainConfig().hidden if hidden is None else hidden}"
+    )
+
+
 def write_report(
     out: str | Path,
     sweep: dict,
@@ -176,6 +195,7 @@ def write_report(
         "points (each point's own run, resumed parts included)",
         f"points run: {points_run}",
         f"seeds per point: {sweep.get('seeds', 1)} (vmapped)",
+        sizes_line(sweep["parameters"]),
         f"varied: {', '.join(f'{k} ∈ {v}' for k, v in varied.items())}",
         f"fixed: {', '.join(f'{k}={v}' for k, v in fixed.items())}",
     )

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from gru_research.report import check_curve, write_report
+from gru_research.report import check_curve, sizes_line, write_report
 from gru_research.sweep import check_sweep
 from gru_research.tables import Tuning, build_table, load_runs, to_markdown, write_table
 
@@ -112,6 +112,7 @@ def test_the_report_holds_the_tuned_table_its_grid_and_claims_on_the_tuned_one(t
     tuned = text.split("## Final test loss", 1)[1].split("##", 1)[0]
     assert "(n=2, lr 0.003) [paper: 0.1]" in tuned
     assert "## The whole grid over lr (descriptive)" in text
+    assert "- sizes: equal hidden sizes, hidden = 64" in text
     assert (tmp_path / "table_loss_grid.md").exists()
     grid = (tmp_path / "table_loss_grid.md").read_text()
     assert "copy lr=0.03" in grid and "0.05500 ± 0.0071" in grid  # every value, untuned
@@ -214,3 +215,12 @@ def test_the_report_checks_curve_claims_on_the_tuned_runs(tmp_path):
     assert "**not held**" in lines["gru by 50"] and "1.11 at step 50" in lines["gru by 50"]
     # lstm at lr 0.01: 1.255 at step 50, 0.255 at 100, against a baseline of 0.52
     assert "**held**" in lines["lstm leaves"] and "at step 100" in lines["lstm leaves"]
+
+
+def test_a_report_says_whether_sizes_were_matched_by_parameters():
+    budget = sizes_line({"param_budget": {"value": 6500}, "hidden": {"value": 40}})
+    assert budget.startswith("sizes: parameter-matched") and budget.endswith("= 6500")
+    assert (
+        sizes_line({"hidden": {"values": [32, 64]}})
+        == "sizes: equal hidden sizes, hidden = [32, 64]"
+    )
