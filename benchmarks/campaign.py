@@ -324,11 +324,9 @@ def small_sections(small: small_models.SmallModels) -> list[str]:
     return lines
 
 
-SEEDS_NOTE = """A step of S seeds vmapped takes about a + b S while the seeds fit in the caches:
-`fixed share` is a / (a + b), from the fit through S = 1 and the smallest S > 1. Only that share
-is paid once for all seeds, so an affine step time's speed-up over single-seed steps approaches
-`affine limit` = 1 / (1 − share) as S grows; larger S also outgrow the caches and fall below
-it."""
+SEEDS_NOTE = """`cost of a further seed`: (t_S / t_1 − 1) / (S − 1) at the largest S, what
+each seed beyond the first adds to the step, as a share of a one-seed step; the speed-up over
+single-seed steps can only approach 1 / that share."""
 
 SMALL_DESCRIPTION = """The experiments' own models, loss and optimiser (`gru-research train`'s
 RMSProp after element-wise clipping at 1): **copy** as in Arjovsky et al. (2016), B = 20,

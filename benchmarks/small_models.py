@@ -35,8 +35,8 @@ WHY_ONE_SEED = (
 WHY_SEEDS = (
     "on a CPU most of a one-seed step is work that grows with S (the per-seed matmuls, each no "
     "faster per FLOP in a batch of S, and the gates' element-wise arithmetic, about 2 ns per "
-    "element); S seeds share only the fixed per-op share of the seeds table, which bounds an "
-    "affine step time's speed-up at 1 / (1 − share), and larger S also outgrow the caches"
+    "element): each further seed costs the share of a one-seed step in the seeds table, so S "
+    "seeds share only the rest"
 )
 FLAX_NAMES = {"gru": "GRUCell", "lstm": "OptimizedLSTMCell", "mgu": "MGUCell"}
 TORCH_NAMES = {"gru": "GRU", "lstm": "LSTM"}
@@ -206,33 +206,24 @@ def timing_rows(m: SmallModels) -> list[dict]:
     return bench.regime_records(m.timings)
 
 
-def fixed_share(speed_ups: dict[int, float]) -> float | None:
-    """The share of a one-seed step that S seeds share, from an affine fit of the step time
-    t_S = a + b S through S = 1 and the smallest S > 1 measured (before the seeds outgrow the
-    caches): a / t_1, where the speed-up S t_1 / t_S = S / (share + (1 − share) S). None with
-    no S > 1."""
-    counts = [s for s in speed_ups if s > 1]
-    if not counts:
+def seed_cost(speed_ups: dict[int, float]) -> float | None:
+    """What each further seed costs, as a share of a one-seed step, at the largest S measured:
+    (t_S / t_1 − 1) / (S − 1), where t_S / t_1 = S / speed-up. None with no S > 1."""
+    largest = max(speed_ups)
+    if largest < 2:
         return None
-    s = min(counts)
-    share = (s - s / speed_ups[s]) / (s - 1)
-    return min(max(share, 0.0), 1.0)
+    return (largest / speed_ups[largest] - 1) / (largest - 1)
 
 
 def seed_rows(m: SmallModels) -> list[dict]:
-    """Each design's speed-up at every S, its fixed share, and the speed-up of an affine step
-    time as S grows."""
+    """Each design's speed-up at every S, and what a further seed costs."""
     counts = sorted({s for ups in m.seeds.values() for s in ups})
-    rows = []
-    for (regime, cell), ups in m.seeds.items():
-        share = fixed_share(ups)
-        limit = None if share is None or share >= 1 else 1 / (1 - share)
-        rows.append(
-            {"regime": regime, "design": cell}
-            | {f"S = {s}": ups.get(s) for s in counts}
-            | {"fixed share of one seed's step": share, "affine limit": limit}
-        )
-    return rows
+    return [
+        {"regime": regime, "design": cell}
+        | {f"S = {s}": ups.get(s) for s in counts}
+        | {"cost of a further seed": seed_cost(ups)}
+        for (regime, cell), ups in m.seeds.items()
+    ]
 
 
 def loop_rows(m: SmallModels) -> list[dict]:

@@ -482,21 +482,18 @@ def test_small_model_targets_from_known_numbers(scripts, roofline_s, flax_verdic
     assert "copy: the training loop's step over the bench step (gru, 8 seeds)" not in short
     seed_table = table_rows(text, "### Seeds vmapped: throughput over S single-seed steps")
     gru_seeds = next(r for r in seed_table if r["design"] == "gru")
-    # fitted at S = 2 (speed-up 0.9): 2 / 0.9 = share + 2 (1 - share), below 0: share 0
-    assert gru_seeds["fixed share of one seed's step"] == "0"
-    assert gru_seeds["affine limit"] == "1"
+    # S = 8 at a speed-up of 3.5: t_8 / t_1 = 8 / 3.5, each further seed (2.286 - 1) / 7
+    assert gru_seeds["cost of a further seed"] == "0.184"
     phases = table_rows(
         text, "### Where the time goes (adding regime; ms, medians of interleaved rounds)"
     )
     assert phases[0]["Flax's step time over this one"] == "2"
 
 
-def test_fixed_share_of_an_affine_step_time(scripts):
-    # t_S = 0.25 + 0.75 S: S = 8 takes 6.25 one-seed steps' time, a speed-up of 8 / 6.25
-    share = scripts.small_models.fixed_share({1: 1.0, 2: 2 / 1.75, 8: 1.0})  # fitted at S = 2
-    assert share == pytest.approx(0.25)
-    assert scripts.small_models.fixed_share({1: 1.0}) is None
-    assert scripts.small_models.fixed_share({1: 1.0, 4: 0.5}) == 0.0  # slower than affine
+def test_the_cost_of_a_further_seed(scripts):
+    # t_S = 0.25 + 0.75 S: S = 8 takes 6.25 one-seed steps, each further seed 0.75 of one
+    assert scripts.small_models.seed_cost({1: 1.0, 2: 1.5, 8: 8 / 6.25}) == pytest.approx(0.75)
+    assert scripts.small_models.seed_cost({1: 1.0}) is None
 
 
 def test_a_grid_of_rates_trains_in_one_program_and_its_report_says_so(scripts):
