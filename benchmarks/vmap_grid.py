@@ -53,7 +53,7 @@ def target_rows(timings: dict[str, bench.GridTiming], backend: str) -> list[dict
 WHY = (
     "Why, where it is not held: the members of a group share a step's fixed per-op costs only; "
     "their matmuls and gate arithmetic grow with the members, as for seeds "
-    "(results/benchmarks.md, the seeds table's fixed share)."
+    "(results/benchmarks.md, the seeds table's cost of a further seed)."
 )
 
 
