@@ -386,13 +386,14 @@ def make_tables(
 ) -> str:
     """Write the tables and plots of a folder of runs (a sweep's, if it holds sweep.yaml)."""
     from gru_research.sweep import load_sweep
-    from gru_research.tables import to_markdown, write_table
+    from gru_research.tables import Tuning, to_markdown, write_table
 
     sweep_file = Path(root) / "sweep.yaml"
     report = load_sweep(sweep_file).get("report", {}) if sweep_file.exists() else {}
     paper = report.get("paper", [])
     row_keys = tuple((rows or report.get("rows", "cell")).split(","))
     metrics = [metric] if metric else report.get("metrics", ["loss"])
+    tuning = Tuning(**report["tune"]) if report.get("tune") else None
     texts = []
     for name in metrics:
         table = write_table(
@@ -401,6 +402,7 @@ def make_tables(
             reference=reference or report.get("reference"),
             row_keys=row_keys,
             paper=paper,
+            tuning=tuning,
         )
         texts.append(to_markdown(table))
     return "\n".join(texts)
