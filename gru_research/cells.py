@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -83,11 +85,19 @@ def state_fed(design: GateDesign) -> tuple[str, ...]:
     return gates + ((design.candidate_name,) if fused_candidate else ())
 
 
-def init_layer(key: Array, design: GateDesign, input_size: int, hidden_size: int) -> Params:
+def init_layer(
+    key: Array,
+    design: GateDesign,
+    input_size: int,
+    hidden_size: int,
+    hyper: Mapping[str, Any] = MappingProxyType({}),
+) -> Params:
     """Parameters of one recurrent layer.
 
     Initialisers as Flax's cells: LeCun-normal input kernels, orthogonal recurrent kernels
     (one per gate), zero biases except a gate's ``bias_init`` (e.g. the LSTM forget bias 1).
+    ``hyper`` (traced values of a vmapped group) may set ``gate_bias`` and ``chrono_t_max`` in
+    place of the design's.
     """
     cand = design.candidate_name
     with_x = input_fed(design)
@@ -107,9 +117,13 @@ def init_layer(key: Array, design: GateDesign, input_size: int, hidden_size: int
     params["b"][cand] = jnp.zeros((hidden_size,))
     if design.has_recurrent_bias:
         params["c_h"] = jnp.zeros((hidden_size,))
-    if design.chrono_t_max is not None and design.chrono_gate is not None:
+    if "gate_bias" in hyper and design.chrono_gate is not None:
         gate, sign = design.chrono_gate
-        bias = chrono_bias(jax.random.fold_in(key, 1), design.chrono_t_max, hidden_size)
+        params["b"][gate] = jnp.full((hidden_size,), sign * hyper["gate_bias"])
+    t_max = hyper.get("chrono_t_max", design.chrono_t_max)
+    if t_max is not None and design.chrono_gate is not None:
+        gate, sign = design.chrono_gate
+        bias = chrono_bias(jax.random.fold_in(key, 1), t_max, hidden_size)
         params["b"][gate] = sign * bias
         if design.family == "lstm" and isinstance(design.gate("i"), Gate):
             params["b"]["i"] = -bias
@@ -122,7 +136,7 @@ def init_layer(key: Array, design: GateDesign, input_size: int, hidden_size: int
 
 def chrono_bias(key: Array, t_max: float, hidden_size: int) -> Array:
     """log U[1, T_max − 1] (Tallec & Ollivier, 2018): forget time scales up to T_max."""
-    if t_max <= 2:
+    if isinstance(t_max, int | float) and t_max <= 2:
         raise ValueError(f"chrono_t_max must be > 2, got {t_max}")
     return jnp.log(jax.random.uniform(key, (hidden_size,), minval=1.0, maxval=t_max - 1.0))
 

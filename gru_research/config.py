@@ -73,9 +73,13 @@ VMAPPABLE = (
     "lr_decay",
     "dropout",
     "recurrent_dropout",
+    "gate_bias",
+    "init_scale",
+    "chrono_t_max",
 )
 """Fields whose values can train in one program, vmapped beside the seeds: numbers that enter
-the optimiser or the model's dropout and change no shape or branch (docs/design.md §5.5)."""
+the initialisation, the optimiser or the dropout and change no shape or branch
+(docs/design.md §5.5)."""
 
 
 def option(
@@ -377,9 +381,17 @@ def vmap_problem(config: TrainConfig, name: str) -> str | None:
         "clip_norm": (config.clip_norm is not None, "global-norm clipping on in every value"),
         "lr_decay": (config.schedule == "epoch_decay", "--schedule epoch_decay"),
     }
+    keeping = "a design with a gate that keeps the state (LSTM f, GRU z)"
+    design_reader = {
+        "gate_bias": (get_design(config.cell).chrono_gate is not None, keeping),
+        "chrono_t_max": (get_design(config.cell).chrono_gate is not None, keeping),
+    }
     reads, needs = reader.get(name, (True, ""))
     if not reads:
         return f"{name!r} is not read by this run's optimiser: it needs {needs}"
+    reads, needs = design_reader.get(name, (True, ""))
+    if not reads:
+        return f"{name!r} is not read by the {config.cell} design: it needs {needs}"
     return None
 
 

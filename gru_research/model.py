@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -118,8 +118,10 @@ def rms_norm(scale: Array, x: Array, eps: float = 1e-6) -> Array:
     return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale
 
 
-def init_model(key: Array, config: ModelConfig) -> Params:
-    """Parameters of the whole model for one seed."""
+def init_model(key: Array, config: ModelConfig, hyper: Mapping[str, Any] | None = None) -> Params:
+    """Parameters of the whole model for one seed (``hyper``: a vmapped group's traced
+    ``gate_bias`` or ``chrono_t_max``, :func:`gru_research.cells.init_layer`)."""
+    hyper = hyper or {}
     H = config.hidden_size
     k_embed, k_in, k_out, *k_layers = jax.random.split(key, 3 + config.num_layers)
     params: Params = {}
@@ -128,7 +130,7 @@ def init_model(key: Array, config: ModelConfig) -> Params:
     if config.block == "plain":
         sizes = [config.feature_size] + [config.layer_width] * (config.num_layers - 1)
         params["layers"] = [
-            _init_recurrent(k, config, n) for k, n in zip(k_layers, sizes, strict=True)
+            _init_recurrent(k, config, n, hyper) for k, n in zip(k_layers, sizes, strict=True)
         ]
     else:
         if not config.vocab_size:
@@ -139,7 +141,7 @@ def init_model(key: Array, config: ModelConfig) -> Params:
             params["blocks"].append(
                 {
                     "norm_rnn": jnp.ones((H,)),
-                    "rnn": _init_recurrent(k_rnn, config, H),
+                    "rnn": _init_recurrent(k_rnn, config, H, hyper),
                     "norm_ff": jnp.ones((H,)),
                     "ff_in": _dense(k_ff1, H, config.ff_mult * H),
                     "ff_out": _dense(k_ff2, config.ff_mult * H, H),
@@ -151,14 +153,16 @@ def init_model(key: Array, config: ModelConfig) -> Params:
     return params
 
 
-def _init_recurrent(key: Array, config: ModelConfig, input_size: int) -> Params:
+def _init_recurrent(
+    key: Array, config: ModelConfig, input_size: int, hyper: Mapping[str, Any]
+) -> Params:
     """One recurrent layer, or a forward and a backward one for a bidirectional layer."""
     if not config.bidirectional:
-        return init_layer(key, config.design, input_size, config.hidden_size)
+        return init_layer(key, config.design, input_size, config.hidden_size, hyper)
     k_fwd, k_bwd = jax.random.split(key)
     return {
-        "forward": init_layer(k_fwd, config.design, input_size, config.hidden_size),
-        "backward": init_layer(k_bwd, config.design, input_size, config.hidden_size),
+        "forward": init_layer(k_fwd, config.design, input_size, config.hidden_size, hyper),
+        "backward": init_layer(k_bwd, config.design, input_size, config.hidden_size, hyper),
     }
 
 

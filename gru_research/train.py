@@ -192,6 +192,7 @@ def _finite(tree) -> jax.Array:
 
 
 DROPOUT_FIELDS = ("dropout", "recurrent_dropout")
+INIT_FIELDS = ("gate_bias", "chrono_t_max")  # read by the layers' initialisers
 
 
 def member_hypers(values: Sequence[Mapping[str, float]], seeds: int) -> dict[str, jax.Array]:
@@ -245,9 +246,10 @@ def build_program(
 
     def init(seed_key, hyper):
         init_key, train_key, valid_key, test_key = jax.random.split(seed_key, 4)
-        params = init_model(init_key, model)
-        if config.init_scale is not None:
-            params = uniform_init(jax.random.fold_in(init_key, 1), params, config.init_scale)
+        params = init_model(init_key, model, {k: v for k, v in hyper.items() if k in INIT_FIELDS})
+        init_scale = hyper.get("init_scale", config.init_scale)
+        if init_scale is not None:
+            params = uniform_init(jax.random.fold_in(init_key, 1), params, init_scale)
         carries = initial_carries(params, model, config.batch_size) if config.stateful else None
         return ({"hyper": hyper} if vmapped else {}) | {
             "carries": carries,

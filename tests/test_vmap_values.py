@@ -34,6 +34,9 @@ CASES = {
     "lr": ({}, [{"lr": 1e-3}, {"lr": 3e-3}]),
     "weight_decay": ({"optimizer": "adamw"}, [{"weight_decay": 0.0}, {"weight_decay": 0.1}]),
     "dropout": ({"task": "copy", "seq_len": 6}, [{"dropout": 0.0}, {"dropout": 0.3}]),
+    "gate_bias": ({"cell": "lstm"}, [{"gate_bias": 1.0}, {"gate_bias": 2.0}]),
+    "init_scale": ({}, [{"init_scale": 0.05}, {"init_scale": 0.2}]),
+    "chrono_t_max": ({}, [{"chrono_t_max": 10.0}, {"chrono_t_max": 30.0}]),
 }
 
 
@@ -109,6 +112,11 @@ def test_a_stopped_group_resumes_to_the_uninterrupted_numbers(tmp_path):
     [
         ({}, [{"hidden": 8}, {"hidden": 16}], "'hidden' cannot be vmapped; vmappable: lr,"),
         ({}, [{"weight_decay": 0.1}, {"weight_decay": 0.2}], "it needs --optimizer adamw"),
+        (
+            {"cell": "rnn_tanh"},
+            [{"gate_bias": 1.0}, {"gate_bias": 2.0}],
+            "'gate_bias' is not read by the rnn_tanh design",
+        ),
         ({}, [{"lr": 1e-3}, {"dropout": 0.1}], "must set the same fields"),
         ({}, [{"lr": 1e-3}, {"lr": 1e-3}], "repeat one another"),
         ({}, [{"lr": -1.0}, {"lr": 1e-3}], "lr must be a finite number > 0"),
