@@ -25,6 +25,7 @@ import itertools
 import math
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -47,13 +48,33 @@ LOCAL_KEYS = ("seeds", "runs", "report", "description", "vmap")
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true and false, so that a key such
+    as ``on`` (in ``tune: {on: validation}``) stays a string, as it does for W&B."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """``text`` parsed as YAML with YAML 1.2's booleans (``on``, ``off``, ``yes``, ``no`` are
+    strings)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader)
+
+
 def load_sweep(path: str | Path) -> dict:
     """Read and check a sweep file; one clear line for anything wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no sweep file at {path}")
     try:
-        sweep = yaml.safe_load(path.read_text())
+        sweep = read_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     return check_sweep(sweep, path)

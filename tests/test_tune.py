@@ -11,7 +11,7 @@ import yaml
 from scipy import stats
 
 from gru_research.report import check_curve, sizes_line, write_report
-from gru_research.sweep import check_sweep
+from gru_research.sweep import check_sweep, load_sweep
 from gru_research.tables import Tuning, build_table, load_runs, to_markdown, write_table
 
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)
@@ -149,6 +149,23 @@ def test_a_bad_tune_entry_is_one_line(tune, words):
     with pytest.raises(ValueError, match="^[^\n]*$") as err:
         check_sweep(yaml.safe_load(yaml.safe_dump(sweep)), "s.yaml")
     assert words in str(err.value) and str(err.value).startswith("s.yaml: report: tune: ")
+
+
+def test_a_tune_entry_written_by_hand_reads_on_as_a_key(tmp_path):
+    """YAML 1.1 reads a bare ``on`` as True; a sweep file reads it as the key ``on``."""
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "parameters:\n  cell: {values: [gru]}\n  lr: {values: [0.001, 0.01]}\n"
+        "report:\n  tune: {parameter: lr, on: validation, metric: loss}\n"
+    )
+    assert load_sweep(path)["report"]["tune"] == {
+        "parameter": "lr",
+        "on": "validation",
+        "metric": "loss",
+    }
+    path.write_text(path.read_text().replace("on: validation", "on: test"))
+    with pytest.raises(ValueError, match="unknown split 'test' to tune on"):
+        load_sweep(path)
 
 
 STEPS = np.array([1000, 2000, 3000, 4000, 5000])

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import jax
-import yaml
 
 from gru_research import gradflow
 from gru_research.claims import decide, measure, render
 from gru_research.reporting import csv_table, markdown_table, report_header
+from gru_research.sweep import read_yaml
 from gru_research.tracking import read_json, write_atomic
 
 REQUIRED = {
@@ -56,7 +56,7 @@ def load_experiment(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no experiment file at {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = read_yaml(path.read_text()) or {}
     missing = [k for k in REQUIRED if k not in spec]
     if missing:
         raise ValueError(f"{path}: missing sections {missing}; needed: {', '.join(REQUIRED)}")

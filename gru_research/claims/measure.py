@@ -14,7 +14,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import yaml
 
 from gru_research.bench import (
     CONFIGS,
@@ -28,6 +27,7 @@ from gru_research.bench import (
 )
 from gru_research.model import ModelConfig, apply_model, design_param_count, model_param_count
 from gru_research.reporting import mean_std, welch_p
+from gru_research.sweep import read_yaml
 from gru_research.tables import Run, load_runs, varying_keys
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def find_run(root: Path, **where) -> Path:
 def sweep_metric(root: Path) -> str:
     """A committed sweep's first report metric (its sweep.yaml), else the loss."""
     path = root / "sweep.yaml"
-    spec = yaml.safe_load(path.read_text()) if path.exists() else {}
+    spec = read_yaml(path.read_text()) if path.exists() else {}
     return spec.get("report", {}).get("metrics", ["loss"])[0]
 
 
