@@ -352,19 +352,20 @@ def _train_in_process(
     for i, (name, config, vmap) in enumerate(points, 1):
         run_dir = out / "runs" / name
         values = value_grid(vmap)
-        finished = finished_summaries(config, run_dir, values) is not None
         start = time.perf_counter()
+        group_summaries = finished_summaries(config, run_dir, values)
+        done = "already done" if group_summaries is not None else None
         try:
-            group_summaries = train_group(
-                config, values, run_dir, wandb_mode=wandb_mode, wandb_group=group
-            )
+            if group_summaries is None:
+                group_summaries = train_group(
+                    config, values, run_dir, wandb_mode=wandb_mode, wandb_group=group
+                )
         except RunLocked as err:  # another process trains this point: in progress
             progress(f"[{i}/{len(points)}] {name}: in progress elsewhere ({err})")
             pending += 1
             continue
-        seconds = time.perf_counter() - start
         summaries += group_summaries
-        done = "already done" if finished else f"{seconds:.0f}s"
+        done = done or f"{time.perf_counter() - start:.0f}s"
         progress(f"[{i}/{len(points)}] {name}: {done}; {describe_group(values, group_summaries)}")
     return summaries, pending
 
