@@ -451,8 +451,8 @@ def from_saved(saved: dict) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in saved.items() if k in names})
 
 
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The TrainConfig of a run folder's ``config.json``."""
+def read_run_file(run_dir: str | Path) -> dict:
+    """A run folder's ``config.json``, checked to hold a run config."""
     from gru_research.tracking import read_json
 
     path = Path(run_dir) / "config.json"
@@ -461,4 +461,9 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     saved = read_json(path)
     if not isinstance(saved, dict) or not isinstance(saved.get("run"), dict):
         raise ValueError(f"{path} holds no run config (no 'run' mapping)")
-    return from_saved(saved["run"])
+    return saved
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig of a run folder's ``config.json``."""
+    return from_saved(read_run_file(run_dir)["run"])

@@ -42,7 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gru_research.config import TrainConfig, check_values, load_run_config, value_name
+from gru_research.config import (
+    TrainConfig,
+    check_values,
+    from_saved,
+    read_run_file,
+    value_name,
+)
 from gru_research.model import (
     ModelConfig,
     apply_model,
@@ -509,14 +515,16 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """The last checkpoint of a run folder, with everything needed to apply its models (a
     value of a group: its seeds of the group's checkpoint)."""
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
+    saved = read_run_file(run_dir)
+    own_config = config = from_saved(saved["run"])
     group_dir, values, members = run_dir, (), slice(None)
-    if within := read_json(run_dir / "config.json").get("vmapped_in"):
+    if within := saved.get("vmapped_in"):
         group_dir = (run_dir / within).resolve()
-        values = read_json(group_dir / "config.json")["values"]
+        group = read_run_file(group_dir)
+        values = group["values"]
         index = [value_name(v) for v in values].index(run_dir.name)
         members = slice(index * config.seeds, (index + 1) * config.seeds)
-        config = load_run_config(group_dir)
+        config = from_saved(group["run"])
     task = make_task(config.task_config())
     config = resolve_epochs(config, task)
     model = config.model_config(task)
@@ -525,7 +533,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     state, _ = restore_verified(group_dir, abstract, reject=False)
     if state is None:
         raise FileNotFoundError(f"no checkpoint in {group_dir / 'checkpoints'}")
-    own_config = resolve_epochs(load_run_config(run_dir), task) if values else config
+    own_config = resolve_epochs(own_config, task) if values else config
     return LoadedRun(own_config, task, model, _of_members(state["params"], members))
 
 
@@ -675,10 +683,10 @@ def _saved_config_differs(
 def prepare(
     config: TrainConfig, run_dir: Path, wandb_mode: str, values: Sequence[Mapping] = ()
 ) -> Prepared:
-    """Every check, the task, the model and the compiled program, before any folder exists."""
+    """Every check, the task, the model and the compiled program, before any folder exists
+    (``values`` already checked by :func:`train_group`)."""
     if wandb_mode not in WANDB_MODES:
         raise ValueError(f"unknown W&B mode {wandb_mode!r}; valid modes: {', '.join(WANDB_MODES)}")
-    values = check_values(config, values)
     task = make_task(config.task_config())
     config = resolve_epochs(config, task)  # with epochs, the step count depends on the corpus
     resumed, replace = (run_dir / "config.json").exists(), False
