@@ -79,14 +79,23 @@ def check_output_folder(path: str | Path) -> None:
 
 
 def git_commit() -> str | None:
-    """The commit of the package's checkout (with ``+dirty`` for local changes), if any."""
+    """The commit of the package's checkout, if any, with ``+dirty`` for local changes to
+    anything but ``results/`` (where a sweep writes its own folders as it runs)."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":/",
+                ":(top,exclude)results",
+            ],
             cwd=here,
             capture_output=True,
             text=True,
