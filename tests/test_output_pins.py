@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import jax
@@ -43,7 +44,7 @@ CASES = [
 def pinned_numbers(name: str, scan: str) -> dict[str, list]:
     """The outputs, last carry and parameter gradients of one case, as nested lists."""
     design = PRESETS[name]
-    rng = np.random.default_rng(sorted(PRESETS).index(name))
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
     shapes = init_layer(jax.random.key(0), design, I, H)
     params = jax.tree.map(lambda a: jnp.asarray(0.5 * rng.standard_normal(a.shape)), shapes)
     xs = jnp.asarray(rng.standard_normal((B, T, I)))
