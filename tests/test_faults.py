@@ -8,24 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from small_runs import small_run
 
 import gru_research.train as train_module
 from gru_research.tracking import offline_run_files, read_offline_history
 from gru_research.train import RunError, TrainConfig, train
 
-SMALL = dict(
-    task="adding",
-    cell="gru",
-    seq_len=10,
-    hidden=8,
-    batch_size=8,
-    seeds=2,
-    steps=30,
-    log_every=5,
-    eval_every=10,
-    checkpoint_every=10,
-    eval_batches=2,
-)
+SMALL = small_run(seeds=2, steps=30)
 pytestmark = pytest.mark.slow  # each test trains
 
 

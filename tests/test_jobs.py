@@ -18,6 +18,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import yaml
+from small_runs import small_run, sweep_parameters
 
 from gru_research import cli
 from gru_research.config import TrainConfig
@@ -30,17 +31,7 @@ from gru_research.executors import (
     train_arguments,
 )
 
-TINY = {
-    "task": {"value": "copy"},
-    "seq_len": {"value": 5},
-    "hidden": {"value": 8},
-    "steps": {"value": 20},
-    "batch_size": {"value": 8},
-    "log_every": {"value": 10},
-    "eval_every": {"value": 10},
-    "checkpoint_every": {"value": 10},
-    "eval_batches": {"value": 1},
-}
+TINY = sweep_parameters(small_run(task="copy", seq_len=5, steps=20, log_every=10, eval_batches=1))
 CELLS = ["gru", "min_gru"]
 TIMEOUT_S = 600
 two_cpus = pytest.mark.skipif(len(available_cpus()) < 2, reason="two workers need two CPUs")

@@ -12,23 +12,14 @@ import numpy as np
 import pytest
 import yaml
 from scipy import stats
+from small_runs import small_run, sweep_parameters
 
 from gru_research.report import write_report
 from gru_research.sweep import expand, export_wandb, load_sweep, run_sweep
 from gru_research.tables import build_table, load_runs, to_csv, to_markdown, write_table
 from gru_research.tracking import offline_run_files, read_offline_history
 
-TINY = {
-    "task": {"value": "adding"},
-    "seq_len": {"value": 8},
-    "hidden": {"value": 8},
-    "steps": {"value": 10},
-    "batch_size": {"value": 8},
-    "log_every": {"value": 5},
-    "eval_every": {"value": 10},
-    "checkpoint_every": {"value": 10},
-    "eval_batches": {"value": 1},
-}
+TINY = sweep_parameters(small_run(seq_len=8, steps=10, eval_batches=1))
 
 
 def write_sweep(path: Path, parameters: dict, **extra) -> Path:

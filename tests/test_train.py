@@ -10,21 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from small_runs import small_run
 
 from gru_research.tracking import offline_run_files, read_offline_history
 from gru_research.train import RunError, TrainConfig, train
 
-SMALL = dict(
-    task="adding",
-    cell="gru",
-    seq_len=10,
-    hidden=8,
-    batch_size=8,
-    log_every=5,
-    eval_every=10,
-    checkpoint_every=10,
-    eval_batches=2,
-)
+SMALL = small_run()
 
 
 def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:

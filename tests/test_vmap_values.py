@@ -11,24 +11,13 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from small_runs import small_run
 
 from gru_research.sweep import export_wandb, run_sweep
 from gru_research.tables import build_table, load_runs
 from gru_research.train import TrainConfig, load_run, train, train_group
 
-SMALL = dict(
-    task="adding",
-    cell="gru",
-    seq_len=8,
-    hidden=8,
-    batch_size=4,
-    steps=20,
-    log_every=5,
-    eval_every=10,
-    checkpoint_every=10,
-    eval_batches=1,
-    seeds=2,
-)
+SMALL = small_run(seq_len=8, batch_size=4, steps=20, eval_batches=1, seeds=2)
 # DESIGN tolerance: float64, to 1e-10 over about 20 steps
 CASES = {
     "lr": ({}, [{"lr": 1e-3}, {"lr": 3e-3}]),
