@@ -666,7 +666,8 @@ def recurrent_flops(model: RegimeModel) -> float:
     """FLOPs of a training step's recurrent matmuls: h U forward, and its two gradient
     matmuls (with respect to h and to U) backward, at every step: 3 · T · 2 B H (G H)."""
     design = model.model.design
-    width = sum(1 for _, s in design.learned_gates if s.h) + int(design.candidate.h)
+    blocks = design.reading("block")  # k heads: 1/k of a full kernel's FLOPs
+    width = len(design.reading("full")) + sum(1 / design.recurrence(n)[1] for n in blocks)
     batch, length = model.shape
     hidden = model.hidden_size
     return 3.0 * length * 2 * batch * hidden * width * hidden

@@ -3,9 +3,15 @@
 A layer's parameters are a plain pytree::
 
     {"W": {gate: (I, H)},   input kernels of the gates and candidate fed by x
-     "U": {gate: (H, H)},   recurrent kernels of those fed by h
+     "U": {gate: (H, H)},   recurrent kernels of those fed by h in full
+     "u": {gate: (H,)},     diagonal recurrent weights (u ⊙ h) of those fed by h diagonally
+     "R": {gate: (k, H/k, H/k)}  block-diagonal recurrent kernels of those fed by k heads
      "b": {gate: (H,)},     input-side biases (one per gate, as Flax)
-     "c_h": (H,)}           the candidate's recurrent bias, reset-after GRUs only
+     "p": {gate: (H,)},     peephole weights (p ⊙ c), LSTM family
+     "c_h": (H,),           the candidate's recurrent bias, reset-after GRUs only
+     "decay": (H,)}         RG-LRU's Λ, σ(Λ)^8 its slowest decay (De et al., 2024)
+
+A highway output (SRU) adds ``W["skip"]`` (I, H) where the input is not as wide as the state.
 
 Gate keys are ``z``, ``r`` and the candidate ``h`` (GRU family) or ``i``, ``f``, ``o`` and the
 candidate ``g`` (LSTM family). The fast path never calls a step on raw inputs: it hoists
@@ -26,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gru_research.gates import Fixed, Gate, GateDesign, Tied
+from gru_research.gates import Coupled, Fixed, Gate, GateDesign, Tied
 
 Array = jax.Array
 Params = dict
@@ -52,6 +58,7 @@ ACTIVATIONS = {
     "identity": lambda v: v,
     "relu": jax.nn.relu,
     "g": positive_g,
+    "silu": jax.nn.silu,
 }
 
 
@@ -59,12 +66,30 @@ ACTIVATIONS = {
 # parameters
 
 
-def _recurrent_kernel(design: GateDesign, key: Array, hidden_size: int) -> Array:
+def _recurrent_kernel(design: GateDesign, key: Array, size: int, heads: int = 1) -> Array:
+    """An (H, H) kernel, or ``heads`` (H/k, H/k) blocks stacked (heads, H/k, H/k)."""
+    shape = (size, size) if heads == 1 else (heads, size // heads, size // heads)
     if design.recurrent_init == "identity":
-        return jnp.eye(hidden_size)
+        return jnp.broadcast_to(jnp.eye(shape[-1]), shape)
     if design.recurrent_init == "orthogonal":
-        return jax.nn.initializers.orthogonal()(key, (hidden_size, hidden_size))
-    return jax.nn.initializers.lecun_normal()(key, (hidden_size, hidden_size))
+        return jax.nn.initializers.orthogonal(column_axis=-1)(key, shape)
+    return jax.nn.initializers.lecun_normal(batch_axis=(0,) if heads > 1 else ())(key, shape)
+
+
+def _state_weights(design: GateDesign, name: str, key: Array, hidden_size: int) -> Array:
+    """How ``name`` reads h: an (H, H) kernel, a diagonal (H,) drawn from U(0, 1) or
+    U(0, ``diagonal_bound``) (ones with identity initialisation), or block-diagonal heads."""
+    kind, heads = design.recurrence(name)
+    if kind == "diagonal":
+        if design.recurrent_init == "identity":
+            return jnp.ones((hidden_size,))
+        return jax.random.uniform(key, (hidden_size,), maxval=design.diagonal_bound or 1.0)
+    if kind == "block" and hidden_size % heads:
+        raise ValueError(
+            f"design {design.name!r}: {heads} heads need a hidden size divisible by {heads}, "
+            f"got {hidden_size}"
+        )
+    return _recurrent_kernel(design, key, hidden_size, heads)
 
 
 def input_fed(design: GateDesign) -> tuple[str, ...]:
@@ -78,11 +103,22 @@ def state_fed(design: GateDesign) -> tuple[str, ...]:
 
     A candidate that resets *before* its matmul needs r first, so it gets a second matmul.
     """
-    gates = tuple(n for n, s in design.learned_gates if s.h)
-    fused_candidate = design.candidate.h and not (
-        design.family == "gru" and design.reset == "before"
-    )
-    return gates + ((design.candidate_name,) if fused_candidate else ())
+    full = design.reading("full")
+    if design.family == "gru" and design.reset == "before":
+        return tuple(n for n in full if n != design.candidate_name)
+    return full
+
+
+STATE_PARAMETERS = {"full": "U", "diagonal": "u", "block": "R"}
+
+
+def loop_parameters(params: Params, design: GateDesign) -> Params:
+    """The parameters a step reads besides the input projection (W, b), the fused recurrent
+    kernel of :func:`state_fed` and the initial state: what the time loop differentiates."""
+    fused = set(state_fed(design))
+    loop = {k: v for k, v in params.items() if k not in ("W", "b", "U", "h0", "c0")}
+    unfused = {n: u for n, u in params.get("U", {}).items() if n not in fused}
+    return loop | ({"U": unfused} if unfused else {})
 
 
 def init_layer(
@@ -101,22 +137,27 @@ def init_layer(
     """
     cand = design.candidate_name
     with_x = input_fed(design)
-    with_h = tuple(n for n, s in design.learned_gates if s.h) + (
-        (cand,) if design.candidate.h else ()
-    )
+    with_h = design.reading("full") + design.reading("diagonal") + design.reading("block")
     keys = jax.random.split(key, len(with_x) + len(with_h))
     lecun = jax.nn.initializers.lecun_normal()
     params: Params = {
         "W": {n: lecun(k, (input_size, hidden_size)) for n, k in zip(with_x, keys, strict=False)},
-        "U": {
-            n: _recurrent_kernel(design, k, hidden_size)
-            for n, k in zip(with_h, keys[len(with_x) :], strict=True)
-        },
+        "U": {},
         "b": {n: jnp.full((hidden_size,), s.bias_init) for n, s in design.learned_gates if s.bias},
     }
-    params["b"][cand] = jnp.zeros((hidden_size,))
+    for name, k in zip(with_h, keys[len(with_x) :], strict=True):
+        group = STATE_PARAMETERS[design.recurrence(name)[0]]
+        params.setdefault(group, {})[name] = _state_weights(design, name, k, hidden_size)
+    if design.candidate.bias:
+        params["b"][cand] = jnp.zeros((hidden_size,))
+    if design.output == "highway" and input_size != hidden_size:
+        params["W"]["skip"] = lecun(jax.random.fold_in(key, 2), (input_size, hidden_size))
+    if peepholes := design.peepholes("previous") + design.peepholes("current"):
+        params["p"] = {n: jnp.zeros((hidden_size,)) for n in peepholes}
     if design.has_recurrent_bias:
         params["c_h"] = jnp.zeros((hidden_size,))
+    if design.update == "rg_lru":
+        params["decay"] = rg_lru_decay_init(jax.random.fold_in(key, 3), hidden_size)
     if "gate_bias" in hyper and design.chrono_gate is not None:
         gate, sign = design.chrono_gate
         params["b"][gate] = jnp.full((hidden_size,), sign * hyper["gate_bias"])
@@ -132,6 +173,26 @@ def init_layer(
         if design.family == "lstm":
             params["c0"] = jnp.zeros((hidden_size,))
     return params
+
+
+def bound_diagonal(params: Params, bound: float | None) -> Params:
+    """Every diagonal recurrent weight of a parameter tree (any layers, directions or seeds)
+    projected onto |u| ≤ ``bound`` (IndRNN's constraint, Li et al., 2018), after each
+    optimiser step; the tree itself where there is no bound."""
+    if bound is None:
+        return params
+
+    def project(path, leaf):
+        in_u = any(getattr(k, "key", None) == "u" for k in path)
+        return jnp.clip(leaf, -bound, bound) if in_u else leaf
+
+    return jax.tree_util.tree_map_with_path(project, params)
+
+
+def rg_lru_decay_init(key: Array, hidden_size: int, low: float = 0.9, high: float = 0.999):
+    """Λ with a = σ(Λ) and a² uniform on [low², high²] (De et al., 2024)."""
+    a = jnp.sqrt(jax.random.uniform(key, (hidden_size,), minval=low**2, maxval=high**2))
+    return jnp.log(a) - jnp.log1p(-a)
 
 
 def chrono_bias(key: Array, t_max: float, hidden_size: int) -> Array:
@@ -186,11 +247,14 @@ def input_projection(
 
     A gate fed by neither x nor a bias is absent from the result (it contributes zero).
     """
-    pre = _fused_matmul(x, params["W"], input_fed(design), compute_dtype)
+    skip = ("skip",) if "skip" in params["W"] else ()
+    pre = _fused_matmul(x, params["W"], input_fed(design) + skip, compute_dtype)
     for name, bias in params["b"].items():
         pre[name] = (
             pre[name] + bias if name in pre else jnp.broadcast_to(bias, x.shape[:-1] + bias.shape)
         )
+    if design.output == "highway" and not skip:  # x̂ = x where the widths agree
+        pre["skip"] = x
     return pre
 
 
@@ -201,7 +265,8 @@ def input_projection(
 def _resolve(design: GateDesign, learned: Mapping, fixed: Callable, complement: Callable) -> dict:
     """Every gate from the learned ones: Fixed, Tied and Coupled gates resolved.
 
-    ``fixed`` maps a constant to the gate's representation, ``complement`` a gate to 1 − gate.
+    ``fixed`` maps a constant to the gate's representation, ``complement`` a Coupled source
+    and the gate it couples to the representation of 1 − gate (or of JANET's shifted form).
     """
 
     def value(name: str):
@@ -212,7 +277,7 @@ def _resolve(design: GateDesign, learned: Mapping, fixed: Callable, complement: 
             return fixed(source.value)
         if isinstance(source, Tied):
             return value(source.gate)
-        return complement(value(source.gate))
+        return complement(source, value(source.gate))
 
     return {name: value(name) for name, _ in design.gates}
 
@@ -225,12 +290,20 @@ def gate_values(design: GateDesign, pre: Mapping[str, Array], hp: Mapping = {}) 
     """The value of every gate at a step: σ(W x + U h + b) of the learned ones, the fixed,
     tied and coupled ones resolved, and minLSTM's (``normalise``) i, f replaced by
     i / (i + f), f / (i + f). A fixed gate is its constant (a float)."""
-    learned = {n: jax.nn.sigmoid(_gate_pre(pre, hp, n)) for n, _ in design.learned_gates}
-    gates = _resolve(design, learned, lambda v: v, lambda g: 1.0 - g)
+    pre_act = {n: _gate_pre(pre, hp, n) for n, _ in design.learned_gates}
+
+    def complement(source: Coupled, g):  # 1 − σ(s − β) = σ(β − s)
+        return jax.nn.sigmoid(source.shift - pre_act[source.gate]) if source.shift else 1.0 - g
+
+    gates = _resolve(design, {n: jax.nn.sigmoid(v) for n, v in pre_act.items()}, _same, complement)
     if design.normalise:
         i, f = gates["i"], gates["f"]
         gates |= {"i": i / (i + f), "f": f / (i + f)}
     return gates
+
+
+def _same(value):
+    return value
 
 
 def _log_pair(value: float) -> tuple[float, float]:
@@ -246,7 +319,14 @@ def log_gate_values(design: GateDesign, pre: Mapping[str, Array]) -> dict:
         n: (jax.nn.log_sigmoid(pre.get(n, 0.0)), jax.nn.log_sigmoid(-pre.get(n, 0.0)))
         for n, _ in design.learned_gates
     }
-    return _resolve(design, learned, _log_pair, lambda pair: pair[::-1])
+
+    def complement(source: Coupled, pair):
+        if not source.shift:
+            return pair[::-1]
+        shifted = pre.get(source.gate, 0.0) - source.shift
+        return jax.nn.log_sigmoid(-shifted), jax.nn.log_sigmoid(shifted)
+
+    return _resolve(design, learned, _log_pair, complement)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +345,43 @@ def fused_recurrent_kernel(params: Params, design: GateDesign) -> Array:
         _, hidden = layer_sizes(params)
         return jnp.zeros((hidden, 0))
     return jnp.concatenate([params["U"][n] for n in names], axis=1)
+
+
+def unfused_readers(design: GateDesign) -> tuple[str, ...]:
+    """The gates and candidate that read h diagonally or by blocks: each reads it in the step
+    itself, outside the fused matmul (a reset-before GRU candidate reads r ⊙ h instead)."""
+    local = design.reading("diagonal") + design.reading("block")
+    if design.family == "gru" and design.reset == "before":
+        return tuple(n for n in local if n != design.candidate_name)
+    return local
+
+
+def block_matmul(h: Array, blocks: Array, compute_dtype=None) -> Array:
+    """h (..., H) times the block-diagonal kernel of ``blocks`` (k, H/k, H/k), head by head."""
+    heads, size, _ = blocks.shape
+    split = h.reshape(h.shape[:-1] + (heads, size))
+    if compute_dtype is None:
+        out = jnp.einsum("...kh,khj->...kj", split, blocks)
+    else:
+        out = jnp.einsum(
+            "...kh,khj->...kj",
+            split.astype(compute_dtype),
+            blocks.astype(compute_dtype),
+            preferred_element_type=jnp.float32,
+        )
+    return out.reshape(h.shape)
+
+
+def state_term(
+    params: Params, design: GateDesign, name: str, h: Array, compute_dtype=None
+) -> Array:
+    """How ``name`` reads the state ``h``: h U, u ⊙ h, or h times its block-diagonal kernel."""
+    kind, _ = design.recurrence(name)
+    if kind == "diagonal":
+        return params["u"][name] * h
+    if kind == "block":
+        return block_matmul(h, params["R"][name], compute_dtype)
+    return matmul(h, params["U"][name], compute_dtype)
 
 
 def read_state(design: GateDesign, carry: Carry, h_mask: Array | None = None) -> Array:
@@ -302,37 +419,84 @@ def recurrent_update(
     hp: Array,
     h_mask: Array | None = None,
     compute_dtype=None,
+    restart: Array | None = None,
 ) -> tuple[Carry, dict]:
     """The rest of a step once the fused recurrent matmul ``hp`` = h U (B, G·H) is known: the
-    new carry, and the :func:`gate_values` the step used.
+    new carry, and the :func:`gate_values` the step used (``restart`` (B, 1): where the
+    carry was just restarted, for the RG-LRU's input multiplier).
 
-    Reads only the non-fused parameters (``c_h``, and ``U[candidate]`` of a reset-before GRU),
-    which is what lets :func:`gru_research.scan.state_reading_scan` form the gradient of the
-    fused kernel outside the time loop.
+    Reads only the parameters of :func:`loop_parameters` (not W, b or the fused kernel), which
+    is what lets :func:`gru_research.scan.state_reading_scan` form the gradient of the fused
+    kernel outside the time loop.
 
-    LSTM family: c' = f ⊙ c + i ⊙ φ(v_g), h' = o ⊙ ψ(c'). GRU family: h̃ = φ(v_h), with r
-    applied before or after U_h; h' = (1 − z) ⊙ h̃ + z ⊙ h (``keep``) or
-    (1 − z) ⊙ h + z ⊙ h̃ (``write``). Designs that do not read h run it too (``hp`` of width 0).
+    LSTM family: c' = f ⊙ c + i ⊙ φ(v_g), h' = o ⊙ ψ(c') (or the highway output), a peephole
+    adding p ⊙ c (c_{t−1}, or c' for the output gate) to its gate's pre-activation. GRU family:
+    h̃ = φ(v_h), with r applied before or after U_h; h' = a ⊙ h + w ⊙ h̃ with the weights of
+    :func:`update_weights`. Designs that do not read h run it too (``hp`` of width 0).
     """
     h = hidden_state(design, carry)
-    hp = split_gates(hp, state_fed(design))
-    gates = gate_values(design, pre, hp)
+    h_read = read_state(design, carry, h_mask)
+    hp = _add_terms(
+        split_gates(hp, state_fed(design)),
+        {n: state_term(params, design, n, h_read, compute_dtype) for n in unfused_readers(design)},
+    )
     cand = design.candidate_name
     phi = ACTIVATIONS[design.candidate.activation]
     if design.family == "lstm":
         c, _ = carry
+        hp = _add_terms(hp, {n: params["p"][n] * c for n in design.peepholes("previous")})
+        gates = gate_values(design, pre, hp)
         c_new = gates["f"] * c + gates["i"] * phi(_gate_pre(pre, hp, cand))
-        return (c_new, gates["o"] * _output_activation(design, c_new)), gates
+        gates |= {
+            n: jax.nn.sigmoid(_gate_pre(pre, hp, n) + params["p"][n] * c_new)
+            for n in design.peepholes("current")
+        }
+        return (c_new, cell_output(design, gates["o"], c_new, pre)), gates
 
-    z, r = gates["z"], gates["r"]
+    gates = gate_values(design, pre, hp)
+    r = gates["r"]
     v = pre.get(cand, 0.0)
-    if design.candidate.h and design.reset == "before":
-        v = v + matmul(r * read_state(design, carry, h_mask), params["U"][cand], compute_dtype)
-    elif design.candidate.h:
+    if design.reads_h(cand) and design.reset == "before":
+        v = v + state_term(params, design, cand, r * h_read, compute_dtype)
+    elif design.reads_h(cand):
         v = v + r * (hp[cand] + params.get("c_h", 0.0))
-    h_tilde = phi(v)
-    h_new = (1.0 - z) * h_tilde + z * h if design.update == "keep" else (1.0 - z) * h + z * h_tilde
-    return h_new, gates
+    keep, write = update_weights(design, gates, params, restart)
+    return keep * h + write * phi(v), gates
+
+
+def update_weights(
+    design: GateDesign, gates: Mapping, params: Params, restart: Array | None = None
+) -> tuple:
+    """(a, w) of the GRU family's h' = a ⊙ h + w ⊙ h̃: (z, 1 − z) where z keeps, (1 − z, z)
+    where it writes, (1 − 2z, z) for the signed decay (Grazzi et al., 2024), and the RG-LRU's
+    (a, √(1 − a²) ⊙ z) with log a = −8 r ⊙ softplus(−Λ) (De et al., 2024), whose multiplier
+    is 1 at a ``restart`` step (as recurrentgemma)."""
+    z = gates["z"]
+    if design.update == "keep":
+        return z, 1.0 - z
+    if design.update == "write":
+        return 1.0 - z, z
+    if design.update == "signed":
+        return 1.0 - 2.0 * z, z
+    log_a = -8.0 * gates["r"] * jax.nn.softplus(-params["decay"])
+    multiplier = jnp.sqrt(1.0 - jnp.exp(2.0 * log_a))
+    if restart is not None:
+        multiplier = jnp.where(restart > 0, 1.0, multiplier)
+    return jnp.exp(log_a), multiplier * z
+
+
+def _add_terms(terms: dict, more: Mapping[str, Array]) -> dict:
+    """Pre-activation terms by name, ``more`` added (a name new to ``terms`` taken as is)."""
+    return terms | {n: terms[n] + v if n in terms else v for n, v in more.items()}
+
+
+def cell_output(design: GateDesign, o: Array | float, c: Array, pre: Mapping[str, Array]):
+    """The LSTM family's h from its cell c: o ⊙ ψ(c), or SRU's highway
+    o ⊙ ψ(c) + (1 − o) ⊙ √3 · x̂ (Lei et al., 2018; x̂ the input, or W_skip x)."""
+    h = o * _output_activation(design, c)
+    if design.output == "highway":
+        h = h + (1.0 - o) * math.sqrt(3.0) * pre["skip"]
+    return h
 
 
 def _output_activation(design: GateDesign, c: Array) -> Array:
@@ -343,14 +507,16 @@ def _output_activation(design: GateDesign, c: Array) -> Array:
 # the linear recurrence h_t = a_t ⊙ h_{t−1} + b_t (designs that do not read the state)
 
 
-def recurrence_coefficients(design: GateDesign, pre: Mapping[str, Array]) -> tuple[Array, Array]:
-    """(a, b) of h_t = a_t h_{t−1} + b_t (the cell c_t for the LSTM family), linear space."""
+def recurrence_coefficients(
+    design: GateDesign, pre: Mapping[str, Array], params: Params, restart: Array | None = None
+) -> tuple[Array, Array]:
+    """(a, b) of h_t = a_t h_{t−1} + b_t (the cell c_t for the LSTM family), linear space;
+    ``restart`` marks the steps whose state was restarted (see :func:`update_weights`)."""
     gates = gate_values(design, pre)
     candidate = ACTIVATIONS[design.candidate.activation](pre[design.candidate_name])
     if design.family == "lstm":
         return _full(gates["f"], candidate), gates["i"] * candidate
-    z = gates["z"]
-    keep, write = (z, 1.0 - z) if design.update == "keep" else (1.0 - z, z)
+    keep, write = update_weights(design, gates, params, restart)
     return _full(keep, candidate), write * candidate
 
 
@@ -383,7 +549,7 @@ def output_from_states(design: GateDesign, states: Array, pre: Mapping[str, Arra
     """The layer output from the scanned states: h itself, or o ⊙ ψ(c) for the LSTM family."""
     if design.family == "gru":
         return states
-    return gate_values(design, pre)["o"] * _output_activation(design, states)
+    return cell_output(design, gate_values(design, pre)["o"], states, pre)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +581,7 @@ def step_from_projection(
     """One step of any design from its hoisted input pre-activations ``pre`` (no scan)."""
     if design.reads_state:
         return recurrent_step(params, design, carry, pre)
-    a, b = recurrence_coefficients(design, pre)
+    a, b = recurrence_coefficients(design, pre, params)
     if design.family == "lstm":
         c = a * carry[0] + b
         h = output_from_states(design, c, pre)

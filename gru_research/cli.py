@@ -35,18 +35,20 @@ if typing.TYPE_CHECKING:
 
 
 def designs_table(input_size: int, hidden_size: int) -> str:
-    """A markdown table of every preset: family, scan, parameters of one layer, paper."""
+    """A markdown table of every preset: family, the scans that run it, one layer's parameters,
+    paper."""
     from gru_research.gates import PRESETS
     from gru_research.model import design_param_count
 
     rows = [
-        f"| design | family | parallel scan | params (I={input_size}, H={hidden_size}) | paper |",
+        f"| design | family | scans | params (I={input_size}, H={hidden_size}) | paper |",
         "|---|---|---|---:|---|",
     ]
     for name, design in PRESETS.items():
         count = design_param_count(design, input_size, hidden_size)
-        parallel = design.parallel_scan or "no"
-        rows.append(f"| {name} | {design.family} | {parallel} | {count:,} | {design.paper} |")
+        parallel = f", parallel ({design.parallel_scan} space)" if design.parallel_scan else ""
+        scans = "sequential" + parallel
+        rows.append(f"| {name} | {design.family} | {scans} | {count:,} | {design.paper} |")
     return "\n".join(rows) + "\n\n" + DESIGN_OPTIONS
 
 

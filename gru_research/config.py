@@ -286,6 +286,10 @@ class TrainConfig:
             "recurrent_init": self.recurrent_init,
         }
         design = dataclasses.replace(design, **{k: v for k, v in options.items() if v})
+        if design.diagonal_bound_from_length and design.diagonal_bound is None:
+            design = dataclasses.replace(design, diagonal_bound=2.0 ** (1.0 / self.seq_len))
+        if design.chrono_from_length and design.chrono_t_max is None:
+            design = dataclasses.replace(design, chrono_t_max=float(self.seq_len))
         if self.gate_bias is not None and design.chrono_gate is not None:
             gate, sign = design.chrono_gate  # where z writes, a keeping bias B is −B on z
             source = dataclasses.replace(design.gate(gate), bias_init=sign * self.gate_bias)

@@ -28,6 +28,7 @@ backward pass; and ``trace``, every step's gate values and carry (:class:`LayerT
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal, NamedTuple
@@ -44,6 +45,7 @@ from gru_research.cells import (
     input_projection,
     layer_sizes,
     log_recurrence_coefficients,
+    loop_parameters,
     matmul,
     output_from_states,
     read_state,
@@ -252,7 +254,7 @@ def run_layer(
         log_a, log_b = log_recurrence_coefficients(design, pre)
         states = log_space_states(log_a, log_b, state0, fresh_state, valid, restart)
     else:
-        a, b = recurrence_coefficients(design, pre)
+        a, b = recurrence_coefficients(design, pre, params, restart)
         b = b if state_offset is None else b + state_offset
         states = linear_states(a, b, state0, fresh_state, valid, restart, kind == "parallel")
     if h_offset is None:
@@ -319,11 +321,7 @@ def state_reading_scan(
     :class:`LayerTrace`; it runs any design (one that does not read h has a fused kernel of
     width 0).
     """
-    others = {"U": {}}
-    if design.family == "gru" and design.candidate.h and design.reset == "before":
-        others["U"][design.candidate_name] = params["U"][design.candidate_name]
-    if "c_h" in params:
-        others["c_h"] = params["c_h"]
+    others = loop_parameters(params, design)
     projection = {"W": params["W"], "b": params["b"]} if project else None
     consts = {"params": others, "fresh": fresh, "h_mask": h_mask, "projection": projection}
     as_float = lambda mask: None if mask is None else mask.astype(jnp.float32)  # noqa: E731
@@ -351,6 +349,7 @@ def state_reading_scan(
             hp,
             consts["h_mask"],
             compute_dtype,
+            restart_t,
         )
         if offset_t is not None:
             c_new = jax.tree.map(jnp.add, c_new, offset_t)
@@ -455,7 +454,7 @@ def _fused_kernel_grad_backward(loop, remat, residuals, cotangents):
 
 def _kernel_gradient(h_reads: Array, d_hps: Array, kernel: Array, compute_dtype) -> Array:
     """dL/dU = Σ_t h_t^T (dL/d(h_t U)): one (H, T·B) × (T·B, G·H) matmul."""
-    flat = lambda v: v.reshape(-1, v.shape[-1])  # noqa: E731
+    flat = lambda v: v.reshape(math.prod(v.shape[:-1]), v.shape[-1])  # noqa: E731 (G·H may be 0)
     return matmul(flat(h_reads).T, flat(d_hps), compute_dtype).astype(kernel.dtype)
 
 

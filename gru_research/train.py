@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gru_research.cells import bound_diagonal
 from gru_research.config import (
     TrainConfig,
     check_values,
@@ -279,6 +280,7 @@ def build_program(
         step_optimizer = make_optimizer(config, hyper) if vmapped else optimizer
         updates, opt_state = step_optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        params = bound_diagonal(params, model.design.diagonal_bound)
         step = state["step"] + 1
         bad = ~(jnp.isfinite(loss) & _finite(params))
         diverged = state["diverged"] | bad

@@ -27,7 +27,7 @@ from gru_research.model import (
 )
 from gru_research.scan import run_layer
 
-PARALLEL = ["min_gru", "min_gru_linear", "min_lstm"]
+PARALLEL = ["min_gru", "min_gru_linear", "min_gru_signed", "min_lstm"]
 
 
 def rel_err(a, b) -> float:
@@ -111,6 +111,7 @@ def _closed_form_count(name: str, I: int, H: int) -> int:
         "mgu_flax": 2 * full + H,
         "min_gru": 2 * (I * H + H),
         "min_gru_linear": 2 * (I * H + H),
+        "min_gru_signed": 2 * (I * H + H),
         "gru1": 2 * (H * H + H) + full + H,
         "gru2": 2 * (H * H) + full + H,
         "gru3": 2 * H + full + H,
@@ -121,6 +122,17 @@ def _closed_form_count(name: str, I: int, H: int) -> int:
         "lstm_no_output_gate": 3 * full,
         "lstm_cifg": 3 * full,
         "lstm_forget_bias_0": 4 * full,
+        "indrnn": I * H + 2 * H,  # W, b, the diagonal u
+        "lstm_peephole": 4 * full + 3 * H,  # a peephole vector per gate
+        "lstm_peephole_nig": 3 * full + 2 * H,
+        "lstm_peephole_nfg": 3 * full + 2 * H,
+        "lstm_peephole_nog": 3 * full + 2 * H,
+        "lstm_peephole_niaf": 4 * full + 3 * H,
+        "lstm_peephole_noaf": 4 * full + 3 * H,
+        "lstm_peephole_cifg": 3 * full + 2 * H,
+        "janet": 2 * full,
+        "sru": 2 * (I * H + 2 * H) + I * H + I * H,  # f, r with peepholes; W x; W_skip (I ≠ H)
+        "rg_lru": 3 * (I * H + H) + H,  # input gate, recurrence gate, W x; the decay Λ
     }
     return counts[name]
 

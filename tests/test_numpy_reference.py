@@ -32,9 +32,12 @@ GRU_FAMILY = {
     "mgu_flax",
     "min_gru",
     "min_gru_linear",
+    "min_gru_signed",
+    "rg_lru",
     "gru1",
     "gru2",
     "gru3",
+    "indrnn",
 }
 LSTM_FAMILY = {
     "lstm",
@@ -44,6 +47,15 @@ LSTM_FAMILY = {
     "lstm_no_output_gate",
     "lstm_cifg",
     "lstm_forget_bias_0",
+    "lstm_peephole",
+    "lstm_peephole_nig",
+    "lstm_peephole_nfg",
+    "lstm_peephole_nog",
+    "lstm_peephole_niaf",
+    "lstm_peephole_noaf",
+    "lstm_peephole_cifg",
+    "janet",
+    "sru",
 }
 POSITIVE_CARRY = {"min_gru", "min_lstm"}  # log-space scans need h_0 >= 0
 
@@ -72,6 +84,16 @@ class Ref:
         self.used.add(("U", k))
         return h @ self.p["U"][k]
 
+    def u(self, k: str) -> Array:
+        """A diagonal recurrent weight, as a vector multiplying h elementwise."""
+        self.used.add(("u", k))
+        return self.p["u"][k]
+
+    def peep(self, k: str, c: Array) -> Array:
+        """A peephole: a vector multiplying the cell c elementwise."""
+        self.used.add(("p", k))
+        return self.p["p"][k] * c
+
     def b(self, k: str) -> Array:
         self.used.add(("b", k))
         return self.p["b"][k]
@@ -79,6 +101,11 @@ class Ref:
     def c_h(self) -> Array:
         self.used.add(("c_h",))
         return self.p["c_h"]
+
+    def decay(self) -> Array:
+        """RG-LRU's Λ, sigmoid(Λ) the decay at a recurrence gate of 1/8."""
+        self.used.add(("decay",))
+        return self.p["decay"]
 
 
 def leaf_names(params: dict) -> set[tuple[str, ...]]:
@@ -96,11 +123,24 @@ def gru_family_step(name: str, p: Ref, x: Array, h: Array) -> Array:
     if name == "rnn_tanh":
         return np.tanh(p.W("h", x) + p.b("h") + p.U("h", h))
 
+    if name == "indrnn":  # Li et al., 2018: h' = ReLU(W x + u ⊙ h + b)
+        return np.maximum(p.W("h", x) + p.u("h") * h + p.b("h"), 0.0)
+
     if name in ("min_gru", "min_gru_linear"):
         z = sigmoid(p.W("z", x) + p.b("z"))
         v = p.W("h", x) + p.b("h")
         cand = g_pos(v) if name == "min_gru" else v
         return (1 - z) * h + z * cand  # "write"
+
+    if name == "rg_lru":  # De et al., 2024: log a = -8 r softplus(-Λ), input scaled √(1 - a²)
+        r = sigmoid(p.W("r", x) + p.b("r"))
+        i = sigmoid(p.W("z", x) + p.b("z"))
+        a = np.exp(-8.0 * r * np.log1p(np.exp(-p.decay())))
+        return a * h + np.sqrt(1 - a**2) * (i * (p.W("h", x) + p.b("h")))
+
+    if name == "min_gru_signed":  # Grazzi et al., 2024: a = 1 - 2z in [-1, 1]
+        z = sigmoid(p.W("z", x) + p.b("z"))
+        return (1 - 2 * z) * h + z * g_pos(p.W("h", x) + p.b("h"))
 
     if name == "mgu":  # Zhou et al., 2016: f resets h before the matmul and writes h~
         f = sigmoid(p.W("z", x) + p.U("z", h) + p.b("z"))
@@ -151,6 +191,35 @@ def lstm_family_step(
         f, i = f / (f + i), i / (f + i)
         c_new = f * c + i * cand
         return c_new, c_new
+
+    if name == "sru":  # Lei et al., 2018: gates from x and c_{t-1}, highway output
+        f = sigmoid(p.W("f", x) + p.peep("f", c) + p.b("f"))
+        r = sigmoid(p.W("o", x) + p.peep("o", c) + p.b("o"))
+        c_new = f * c + (1 - f) * p.W("g", x)
+        x_hat = x if x.shape[-1] == h.shape[-1] else p.W("skip", x)
+        return c_new, r * c_new + (1 - r) * np.sqrt(3.0) * x_hat
+
+    if name == "janet":  # van der Westhuizen & Lasenby, 2018: i = 1 - sigmoid(s - 1)
+        s = p.W("f", x) + p.U("f", h) + p.b("f")
+        c_new = sigmoid(s) * c + (1 - sigmoid(s - 1.0)) * np.tanh(
+            p.W("g", x) + p.U("g", h) + p.b("g")
+        )
+        return c_new, c_new
+
+    if name.startswith("lstm_peephole"):  # Greff et al., 2017: i, f see c_{t-1}, o sees c_t
+        variant = name.removeprefix("lstm_peephole").lstrip("_")
+
+        def peeping(k: str, cell: Array) -> Array:
+            return sigmoid(p.W(k, x) + p.U(k, h) + p.peep(k, cell) + p.b(k))
+
+        one = np.ones_like(h)
+        f = one if variant == "nfg" else peeping("f", c)
+        i = {"nig": one, "cifg": 1 - f}.get(variant)
+        i = peeping("i", c) if i is None else i
+        g = p.W("g", x) + p.U("g", h) + p.b("g")
+        c_new = f * c + i * (g if variant == "niaf" else np.tanh(g))
+        o = one if variant == "nog" else peeping("o", c_new)
+        return c_new, o * (c_new if variant == "noaf" else np.tanh(c_new))
 
     def gate(k: str) -> Array:
         return sigmoid(p.W(k, x) + p.U(k, h) + p.b(k))
@@ -251,6 +320,21 @@ def test_preset_matches_numpy_reference(name: str, scan: str) -> None:
     assert rel_err(ys, ref_ys) <= REL_TOL
     for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry), strict=True):
         assert rel_err(got, want) <= REL_TOL
+
+
+@pytest.mark.parametrize(("name", "scan"), CASES)
+def test_preset_matches_numpy_reference_in_float64(name: str, scan: str) -> None:
+    """The same comparison with the package in float64: equal to rounding, 1e-10."""
+    design = PRESETS[name]
+    params, xs, carry0 = random_params(design, seed=8), random_inputs(8), random_carry(name, 8)
+    ref_ys, ref_carry, _ = reference_run(name, params, xs, carry0)
+    with jax.enable_x64(True):
+        as64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)  # noqa: E731
+        ys, carry = run_layer(as64(params), design, as64(xs), as64(carry0), scan=scan)
+        assert ys.dtype == jnp.float64
+        assert rel_err(ys, ref_ys) <= 1e-10
+        for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry), strict=True):
+            assert rel_err(got, want) <= 1e-10
 
 
 def test_zero_initial_carry_is_the_default() -> None:

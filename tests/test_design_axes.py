@@ -1,0 +1,124 @@
+"""The axes a design gained beyond the classic gates: how each reads h, peepholes, shifted
+couplings, the highway output and IndRNN's bounded diagonal; what each refuses."""
+
+import math
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gru_research.cells import bound_diagonal, init_layer
+from gru_research.gates import PRESETS, Candidate, Coupled, Fixed, Gate, recurrence_kind
+from gru_research.scan import run_layer
+from gru_research.tasks import make_task
+from gru_research.train import TrainConfig, build_program
+
+
+@pytest.mark.parametrize(
+    ("h", "kind"),
+    [(True, ("full", 1)), ("full", ("full", 1)), (False, ("none", 0)), ("none", ("none", 0)),
+     ("diagonal", ("diagonal", 0)), ("block:4", ("block", 4))],
+)  # fmt: skip
+def test_recurrence_spellings(h, kind):
+    assert recurrence_kind(h) == kind
+
+
+@pytest.mark.parametrize("h", ["block:0", "block:", "blocks:2", "dense", 3])
+def test_an_unknown_recurrence_is_one_line_naming_the_valid_ones(h):
+    with pytest.raises(ValueError) as err:
+        Gate(h=h)
+    message = str(err.value)
+    assert "\n" not in message and all(w in message for w in ("full", "diagonal", "block:k"))
+
+
+@pytest.mark.parametrize(
+    ("base", "change", "match"),
+    [
+        ("gru", dict(gates=(("z", Gate(peephole="previous")), ("r", Gate()))), "LSTM family"),
+        ("gru", dict(output="highway"), "highway"),
+        ("lstm", dict(gates=(("i", Gate(peephole="current")), *PRESETS["lstm"].gates[1:])),
+         "current cell"),
+        ("lstm", dict(gates=(("i", Coupled("f", shift=1.0)), ("f", Fixed(1.0)), ("o", Gate()))),
+         "shifted gate"),
+        ("min_gru", dict(update="rg_lru", gates=(("z", Gate(h=False)), ("r", Fixed(1.0)))),
+         "RG-LRU"),
+        ("rg_lru", dict(candidate=Candidate(activation="identity")), "RG-LRU"),
+    ],
+)  # fmt: skip
+def test_impossible_combinations_are_refused(base, change, match):
+    with pytest.raises(ValueError, match=match):
+        replace(PRESETS[base], **change)
+
+
+def test_block_heads_must_divide_the_hidden_size():
+    design = replace(PRESETS["lstm"], candidate=Candidate(h="block:4"))
+    init_layer(jax.random.key(0), design, 3, 8)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        init_layer(jax.random.key(0), design, 3, 6)
+
+
+def test_a_block_recurrence_stores_only_its_blocks_and_equals_the_block_diagonal_matmul():
+    design = replace(PRESETS["rnn_tanh"], name="rnn_block", candidate=Candidate(h="block:2"))
+    params = init_layer(jax.random.key(0), design, 3, 4)
+    assert "U" not in params or not params["U"]
+    blocks = params["R"]["h"]
+    assert blocks.shape == (2, 2, 2)
+    full = jax.scipy.linalg.block_diag(*blocks)
+    dense, dense_params = (
+        PRESETS["rnn_tanh"],
+        {"W": params["W"], "b": params["b"], "U": {"h": full}},
+    )
+    xs = jax.random.normal(jax.random.key(1), (2, 7, 3))
+    np.testing.assert_allclose(
+        run_layer(params, design, xs)[0], run_layer(dense_params, dense, xs)[0], atol=1e-6
+    )
+
+
+def test_indrnn_bound_follows_the_length_and_holds_at_init_and_after_every_step():
+    """Li et al. (2018): |u| ≤ 2^(1/T) keeps h from growing faster than 2 over T steps."""
+    config = TrainConfig(
+        task="adding", cell="indrnn", seq_len=10, hidden=8, batch_size=8, lr=1.0, steps=4
+    )
+    bound = config.design().diagonal_bound
+    assert bound == pytest.approx(2.0 ** (1 / 10))
+    u = init_layer(jax.random.key(0), config.design(), 2, 256)["u"]["h"]
+    assert float(u.min()) >= 0.0 and float(u.max()) <= bound and float(u.max()) > 0.9 * bound
+
+    task = make_task(config.task_config())
+    program = build_program(config, task, config.model_config(task))
+    state = program.init(jnp.stack([jax.random.key(0)]))
+    for _ in range(3):
+        state, _ = program.train_chunk(state, task.data)
+    diagonals = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state["params"])
+                 if any(getattr(k, "key", None) == "u" for k in path)]  # fmt: skip
+    assert diagonals and max(float(jnp.max(jnp.abs(d))) for d in diagonals) <= bound
+    assert any(float(jnp.max(jnp.abs(d))) == pytest.approx(bound) for d in diagonals)
+
+
+def test_bound_diagonal_moves_only_diagonal_weights():
+    tree = {"layers": [{"u": {"h": jnp.array([-3.0, 0.5, 3.0])}, "b": {"h": jnp.full(3, 5.0)}}]}
+    bounded = bound_diagonal(tree, 2.0)
+    np.testing.assert_array_equal(bounded["layers"][0]["u"]["h"], [-2.0, 0.5, 2.0])
+    np.testing.assert_array_equal(bounded["layers"][0]["b"]["h"], 5.0)
+    assert bound_diagonal(tree, None) is tree
+
+
+def test_sru_highway_reads_the_input_itself_where_widths_agree():
+    """Lei et al. (2018): h = r ⊙ c + (1 − r) ⊙ √3 x, with no skip kernel when I = H."""
+    design = PRESETS["sru"]
+    square, wide = (
+        init_layer(jax.random.key(0), design, 4, 4),
+        init_layer(jax.random.key(0), design, 3, 4),
+    )
+    assert "skip" not in square["W"] and wide["W"]["skip"].shape == (3, 4)
+    xs = jax.random.normal(jax.random.key(1), (2, 1, 4))
+    ys, (c, _) = run_layer(square, design, xs)
+    f = jax.nn.sigmoid(xs[:, 0] @ square["W"]["f"] + square["b"]["f"])
+    r = jax.nn.sigmoid(xs[:, 0] @ square["W"]["o"] + square["b"]["o"])
+    c_want = (1 - f) * (xs[:, 0] @ square["W"]["g"])  # c_0 = 0: no peephole term
+    np.testing.assert_allclose(c, c_want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ys[:, 0], r * c_want + (1 - r) * math.sqrt(3.0) * xs[:, 0], rtol=1e-5, atol=1e-6
+    )
