@@ -461,6 +461,8 @@ def recurrent_update(
     elif design.reads_h(cand):
         v = v + r * (hp[cand] + params.get("c_h", 0.0))
     keep, write = update_weights(design, gates, params, restart)
+    if design.update == "keep":  # (1 − z) ⊙ h̃ + z ⊙ h in this order: float32 sums as before
+        return write * phi(v) + keep * h, gates
     return keep * h + write * phi(v), gates
 
 
