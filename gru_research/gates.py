@@ -15,8 +15,9 @@ Two families share the description (docs/design.md §1):
   ``update="signed"``: h' = (1 − 2z) ⊙ h + z ⊙ h̃, a decay in [−1, 1] (Grazzi et al., 2024)
   ``update="rg_lru"``: h' = a ⊙ h + √(1 − a²) ⊙ (z ⊙ h̃), log a = −8 r ⊙ softplus(−Λ)
                        (De et al., 2024, RG-LRU: z the input gate, r the recurrence gate, Λ a
-                       learned vector with a² drawn on [0.9², 0.999²]; at a reset the
-                       multiplier √(1 − a²) is 1, as in recurrentgemma)
+                       learned vector with a² drawn on [0.9², 0.999²]; at a reset and at
+                       a fresh sequence's first step the multiplier √(1 − a²) is 1, as in
+                       recurrentgemma)
   ``reset="after"``:  h̃ = φ(W_h x + b_h + r ⊙ (U_h h + c_h))   (cuDNN, Flax, PyTorch)
   ``reset="before"``: h̃ = φ(W_h x + U_h (r ⊙ h) + b_h)          (Cho et al., 2014)
   ``c_h`` exists only for a learned reset gate applied after the matmul.

@@ -202,7 +202,8 @@ def run_layer(
       state is held through them (in the parallel scan: a = 1, b = 0 there).
     * ``resets`` (B, T) booleans: the state restarts (to the initial state) before that step,
       as at the start of a packed document or an episode (in the parallel scan: a zeroed
-      decay, a = 0).
+      decay, a = 0). Without a ``carry``, step 0 counts as a restart for the RG-LRU, whose
+      input multiplier is 1 there (recurrentgemma's segment position 0).
     * ``h_mask`` (B, H): variational recurrent dropout, one mask for the whole sequence.
     * ``compute_dtype``: e.g. ``jnp.bfloat16`` for the matmuls, accumulated in float32; the
       state and the element-wise gate arithmetic stay float32.
@@ -217,6 +218,9 @@ def run_layer(
     """
     kind = resolve_scan(design, scan)
     batch, length = xs.shape[:2]
+    if carry is None and design.update == "rg_lru":  # a fresh start is a restart at step 0
+        first = jnp.zeros((batch, length), bool).at[:, 0].set(True)
+        resets = first if resets is None else resets | first
     fresh = initial_carry(params, design, (batch,))
     carry = fresh if carry is None else carry
     valid, restart = step_masks(batch, length, seq_lengths, resets)
