@@ -9,7 +9,10 @@ A layer's parameters are a plain pytree::
      "b": {gate: (H,)},     input-side biases (one per gate, as Flax)
      "p": {gate: (H,)},     peephole weights (p ⊙ c), LSTM family
      "c_h": (H,),           the candidate's recurrent bias, reset-after GRUs only
-     "decay": (H,)}         RG-LRU's Λ, σ(Λ)^8 its slowest decay (De et al., 2024)
+     "decay": (H,),         RG-LRU's Λ, σ(Λ)^8 its slowest decay (De et al., 2024)
+     "conv": {"w": (k, I), "b": (I,)}}  a short causal convolution's taps, oldest first
+
+With an input window of k taps the input kernels are (k·I, H): W reads [x_{t−k+1}, …, x_t].
 
 A highway output (SRU) adds ``W["skip"]`` (I, H) where the input is not as wide as the state.
 
@@ -140,8 +143,9 @@ def init_layer(
     with_h = design.reading("full") + design.reading("diagonal") + design.reading("block")
     keys = jax.random.split(key, len(with_x) + len(with_h))
     lecun = jax.nn.initializers.lecun_normal()
+    read_width = input_size * design.input_window  # what W reads: x_t, or the window of taps
     params: Params = {
-        "W": {n: lecun(k, (input_size, hidden_size)) for n, k in zip(with_x, keys, strict=False)},
+        "W": {n: lecun(k, (read_width, hidden_size)) for n, k in zip(with_x, keys, strict=False)},
         "U": {},
         "b": {n: jnp.full((hidden_size,), s.bias_init) for n, s in design.learned_gates if s.bias},
     }
@@ -150,8 +154,11 @@ def init_layer(
         params.setdefault(group, {})[name] = _state_weights(design, name, k, hidden_size)
     if design.candidate.bias:
         params["b"][cand] = jnp.zeros((hidden_size,))
-    if design.output == "highway" and input_size != hidden_size:
-        params["W"]["skip"] = lecun(jax.random.fold_in(key, 2), (input_size, hidden_size))
+    if design.output == "highway" and read_width != hidden_size:
+        params["W"]["skip"] = lecun(jax.random.fold_in(key, 2), (read_width, hidden_size))
+    if design.short_conv:  # N(0, 1/k) taps, zero bias
+        taps = jax.random.normal(jax.random.fold_in(key, 4), (design.short_conv, input_size))
+        params["conv"] = {"w": taps / math.sqrt(design.short_conv), "b": jnp.zeros(input_size)}
     if peepholes := design.peepholes("previous") + design.peepholes("current"):
         params["p"] = {n: jnp.zeros((hidden_size,)) for n in peepholes}
     if design.has_recurrent_bias:
@@ -207,6 +214,72 @@ def layer_sizes(params: Params) -> tuple[int, int]:
     hidden = params["b"][next(iter(params["b"]))].shape[-1]
     inputs = next(iter(params["W"].values())).shape[0] if params["W"] else 0
     return inputs, hidden
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs over time: a dense window or a short causal convolution, the last inputs carried
+
+
+def split_carry(design: GateDesign, carry: Carry | None) -> tuple[Carry | None, Array | None]:
+    """(state, inputs) of a carry: the recurrent state (h, or (c, h)) and, for a design with
+    an input history, its last k − 1 inputs (B, k − 1, I); None for what it does not have."""
+    if not design.input_history or carry is None:
+        return carry, None
+    return carry
+
+
+def join_carry(design: GateDesign, state: Carry, inputs: Array | None) -> Carry:
+    """The carry of a state and, for a design with an input history, the inputs it holds."""
+    return (state, inputs) if design.input_history else state
+
+
+def history_input_size(params: Params, design: GateDesign) -> int:
+    """The width I of the raw inputs a layer with an input history holds."""
+    if "conv" in params:
+        return params["conv"]["b"].shape[-1]
+    return layer_sizes(params)[0] // design.input_window
+
+
+def inputs_over_time(
+    params: Params,
+    design: GateDesign,
+    xs: Array,
+    history: Array,
+    restart: Array | None = None,
+    seq_lengths: Array | None = None,
+) -> tuple[Array, Array]:
+    """(what the gates read at each step, the inputs to carry on) for batch-major ``xs``
+    (B, T, I) after the carried ``history`` (B, k − 1, I), oldest first.
+
+    Tap j of step t is x_{t−j}, zero where it lies before the step's last ``restart`` (B, T):
+    the window [x_{t−k+1}, …, x_t] (B, T, k·I), or the convolution of the taps oldest first,
+    w_1 ⊙ x_{t−k+1} + … + w_k ⊙ x_t + b (B, T, I), as recurrentgemma's ``Conv1D``. The inputs
+    carried on are the k − 1 up to each sequence's last real step.
+    """
+    k, length = design.input_history + 1, xs.shape[1]
+    padded = jnp.concatenate([history.astype(xs.dtype), xs], axis=1)  # positions 1 − k … T − 1
+    positions = jnp.arange(length)
+    if restart is None:
+        start = jnp.full(xs.shape[:2], 1 - k)
+    else:  # the position of the last restart at or before each step
+        start = jax.lax.cummax(jnp.where(restart, positions, 1 - k), axis=1)
+    taps = [
+        jnp.where((positions - j >= start)[..., None], padded[:, k - 1 - j : k - 1 - j + length], 0)
+        for j in range(k)
+    ]
+    oldest_first = taps[::-1]
+    if design.input_window > 1:
+        read = jnp.concatenate(oldest_first, axis=-1)
+    else:
+        weighted = zip(params["conv"]["w"], oldest_first, strict=True)
+        read = sum(w_j * tap for w_j, tap in weighted) + params["conv"]["b"]
+    ends = jnp.full(xs.shape[:1], length) if seq_lengths is None else seq_lengths
+    held = ends[:, None] + jnp.arange(k - 1)  # padded indices of positions end − k + 1 … end − 1
+    last_start = jnp.where(
+        ends > 0, jnp.take_along_axis(start, jnp.maximum(ends - 1, 0)[:, None], 1)[:, 0], 1 - k
+    )
+    kept = (held - (k - 1) >= last_start[:, None])[..., None]
+    return read, jnp.where(kept, jnp.take_along_axis(padded, held[..., None], axis=1), 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,23 +631,35 @@ def output_from_states(design: GateDesign, states: Array, pre: Mapping[str, Arra
 # the Flax cell contract
 
 
-def zero_carry(design: GateDesign, batch_shape: tuple[int, ...], hidden_size: int) -> Carry:
+def zero_carry(
+    design: GateDesign, batch_shape: tuple[int, ...], hidden_size: int, input_size: int = 0
+) -> Carry:
+    """Zeros: h, or (c, h), and the zero inputs of an input history (``input_size`` wide)."""
     h = jnp.zeros(batch_shape + (hidden_size,))
-    return (h, h) if design.family == "lstm" else h
+    inputs = jnp.zeros(batch_shape + (design.input_history, input_size))
+    return join_carry(design, (h, h) if design.family == "lstm" else h, inputs)
 
 
 def initial_carry(params: Params, design: GateDesign, batch_shape: tuple[int, ...]) -> Carry:
-    """The state a fresh sequence starts from: the learned h_0 (and c_0), else zeros."""
+    """The carry a fresh sequence starts from: the learned h_0 (and c_0), else zeros; no
+    inputs yet in an input history."""
     _, hidden = layer_sizes(params)
+    width = history_input_size(params, design) if design.input_history else 0
     if "h0" not in params:
-        return zero_carry(design, batch_shape, hidden)
+        return zero_carry(design, batch_shape, hidden, width)
     h = jnp.broadcast_to(params["h0"], batch_shape + (hidden,))
-    return (jnp.broadcast_to(params["c0"], h.shape), h) if design.family == "lstm" else h
+    state = (jnp.broadcast_to(params["c0"], h.shape), h) if design.family == "lstm" else h
+    return join_carry(design, state, jnp.zeros(batch_shape + (design.input_history, width)))
 
 
 def cell_apply(params: Params, design: GateDesign, carry: Carry, x: Array) -> tuple[Carry, Array]:
     """``(carry, x_t) -> (carry, y_t)`` for one step on raw inputs (the Flax cell contract)."""
-    return step_from_projection(params, design, carry, input_projection(params, design, x))
+    state, history = split_carry(design, carry)
+    if history is not None:
+        read, history = inputs_over_time(params, design, x[..., None, :], history)
+        x = read[..., 0, :]
+    state, y = step_from_projection(params, design, state, input_projection(params, design, x))
+    return join_carry(design, state, history), y
 
 
 def step_from_projection(

@@ -48,8 +48,20 @@ Further axes of the LSTM family:
 * the highway output (Lei et al., 2018, SRU): h' = o ⊙ ψ(c') + (1 − o) ⊙ √3 · x̂, x̂ = x where
   I = H, else W_skip x.
 
+Inputs over time, for any design (what every gate and the candidate read as "x"):
+
+* ``input_window=k``: the dense window [x_{t−k+1}, …, x_t], so W x is W¹x_{t−k+1} + … + W^k x_t
+  (Bradbury et al., 2016, QRNN: k = 2);
+* ``short_conv=k``: x̂_t = Σ_j w_j ⊙ x_{t−j} + b_conv, a depthwise causal convolution of width
+  k before the gates (De et al., 2024, Griffin: k = 4).
+
+The last k − 1 inputs travel in the carry, ``(state, inputs)``, and a reset zeroes them.
+
 Greff et al.'s full gate recurrence (FGR), where every gate also reads the previous step's
 gate values, is not in the space: it needs the gate values in the carry.
+Matrix-state designs (GLA, mLSTM, HGRN2) and Mamba's N-expanded selective state are not in it
+either: their state is a matrix (or N vectors) per channel updated by outer products, where
+every point here keeps an H-wide state updated element-wise after at most one matmul with h.
 
 Initialisation options of a design: each gate's constant ``bias_init`` (the LSTM forget bias
 1 of Jozefowicz et al., 2015, or 0); ``chrono_t_max`` for chrono initialisation (Tallec &
@@ -169,6 +181,8 @@ class GateDesign:
     chrono_from_length: bool = False
     diagonal_bound: float | None = None
     diagonal_bound_from_length: bool = False
+    input_window: int = 1
+    short_conv: int = 0
     paper: str = ""
 
     def __post_init__(self) -> None:
@@ -194,6 +208,13 @@ class GateDesign:
             )
         if self.output == "highway" and self.family != "lstm":
             raise ValueError(f"design {self.name!r}: the highway output is the LSTM family's")
+        if self.input_window < 1 or self.short_conv < 0 or self.short_conv == 1:
+            raise ValueError(
+                f"design {self.name!r}: input_window is a number of taps >= 1 and short_conv a "
+                f"width >= 2 (0: none), got {self.input_window} and {self.short_conv}"
+            )
+        if self.input_window > 1 and self.short_conv:
+            raise ValueError(f"design {self.name!r}: choose input_window or short_conv, not both")
         if self.update == "rg_lru" and (
             self.family != "gru"
             or self.reads_h(self.candidate_name)
@@ -219,6 +240,11 @@ class GateDesign:
         if not isinstance(self.gate("z"), Gate) or self.update == "rg_lru":
             return None
         return ("z", 1) if self.update == "keep" else ("z", -1)
+
+    @property
+    def input_history(self) -> int:
+        """How many past inputs the carry holds (k − 1 of a window or a convolution)."""
+        return max(self.input_window, self.short_conv, 1) - 1
 
     def gate(self, name: str) -> GateSource:
         return dict(self.gates)[name]
@@ -464,6 +490,16 @@ PRESETS: dict[str, GateDesign] = {
             Fixed(1.0),
             output_activation="identity",
             chrono_from_length=True,
+        ),
+        _lstm(
+            "qrnn",
+            "Bradbury et al., 2016 (QRNN, fo-pooling, window 2; without zoneout)",
+            Coupled("f"),
+            Gate(h=False),
+            Gate(h=False),
+            candidate=Candidate(h=False),
+            output_activation="identity",
+            input_window=2,
         ),
         _lstm(
             "sru",

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gru_research.cells import split_carry
 from gru_research.model import ModelConfig, apply_model, init_population, initial_carries, seed_keys
 from gru_research.tasks import Task
 from gru_research.tasks.base import token_cross_entropy
@@ -43,7 +44,7 @@ def carry_gradients(params, config: ModelConfig, task: Task, inputs, targets, la
     if not 0 <= layer < config.num_layers:
         raise ValueError(f"layer {layer} out of range: the model has {config.num_layers}")
     length = inputs.shape[1]
-    carry = initial_carries(params, config, inputs.shape[0])[layer]
+    carry, _ = split_carry(config.design, initial_carries(params, config, inputs.shape[0])[layer])
     zeros = jax.tree.map(lambda c: jnp.zeros((c.shape[0], length, c.shape[-1])), carry)
 
     def loss(offsets):

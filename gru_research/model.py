@@ -457,7 +457,8 @@ class GatedCell(nn.RNNCellBase):
 
     @nn.nowrap
     def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
-        return zero_carry(get_design(self.cell), tuple(input_shape[:-1]), self.hidden_size)
+        design, batch_shape = get_design(self.cell), tuple(input_shape[:-1])
+        return zero_carry(design, batch_shape, self.hidden_size, input_shape[-1])
 
     @property
     def num_feature_axes(self) -> int:

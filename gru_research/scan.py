@@ -43,6 +43,8 @@ from gru_research.cells import (
     hidden_state,
     initial_carry,
     input_projection,
+    inputs_over_time,
+    join_carry,
     layer_sizes,
     log_recurrence_coefficients,
     loop_parameters,
@@ -51,6 +53,7 @@ from gru_research.cells import (
     read_state,
     recurrence_coefficients,
     recurrent_update,
+    split_carry,
 )
 from gru_research.config import SCAN_KINDS
 from gru_research.gates import GateDesign
@@ -215,14 +218,32 @@ def run_layer(
       for every t. In a linear recurrence the state offset adds to b_t, which may then be
       negative: the log-space designs scan in linear space.
     * ``trace``: also return a :class:`LayerTrace` of every step (a plain ``lax.scan``).
+
+    A design with an input window or a short convolution carries ``(state, inputs)``, its last
+    inputs beside the state (:func:`~gru_research.cells.inputs_over_time`); offsets and the
+    trace are the state's.
     """
-    kind = resolve_scan(design, scan)
     batch, length = xs.shape[:2]
     if carry is None and design.update == "rg_lru":  # a fresh start is a restart at step 0
         first = jnp.zeros((batch, length), bool).at[:, 0].set(True)
         resets = first if resets is None else resets | first
     fresh = initial_carry(params, design, (batch,))
-    carry = fresh if carry is None else carry
+    state, history = split_carry(design, fresh if carry is None else carry)
+    if design.input_history:
+        xs, history = inputs_over_time(params, design, xs, history, resets, seq_lengths)
+    out = _run_state(
+        params, design, xs, state, split_carry(design, fresh)[0], resolve_scan(design, scan),
+        seq_lengths, resets, h_mask, compute_dtype, remat, carry_offsets, trace,
+    )  # fmt: skip
+    return (out[0], join_carry(design, out[1], history), *out[2:])
+
+
+def _run_state(
+    params, design, xs, carry, fresh, kind, seq_lengths, resets, h_mask, compute_dtype, remat,
+    carry_offsets, trace,
+):  # fmt: skip
+    """:func:`run_layer` on the inputs the gates read, from the recurrent state ``carry``."""
+    batch, length = xs.shape[:2]
     valid, restart = step_masks(batch, length, seq_lengths, resets)
     offsets = None if carry_offsets is None else jax.tree.map(_swap_time, carry_offsets)
     xs = jnp.swapaxes(xs, 0, 1)  # time-major: one transpose of x, not one per gate of W x

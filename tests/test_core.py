@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from gru_research.cells import init_layer, zero_carry
+from gru_research.cells import init_layer, join_carry, zero_carry
 from gru_research.gates import PRESETS, Candidate, Fixed, Gate, GateDesign, get_design
 from gru_research.model import (
     GatedCell,
@@ -27,7 +27,7 @@ from gru_research.model import (
 )
 from gru_research.scan import run_layer
 
-PARALLEL = ["min_gru", "min_gru_linear", "min_gru_signed", "min_lstm"]
+PARALLEL = [name for name, design in PRESETS.items() if design.parallel_scan]  # min_gru first
 
 
 def rel_err(a, b) -> float:
@@ -35,9 +35,14 @@ def rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-def random_carry(design: GateDesign, key, batch: int, hidden: int, positive: bool = False):
+def random_carry(
+    design: GateDesign, key, batch: int, hidden: int, inputs: int, positive: bool = False
+):
+    """A random state, and for a design with an input history its last inputs."""
     h = jax.random.uniform(key, (batch, hidden), minval=0.0 if positive else -1.0)
-    return (h, h[::-1]) if design.family == "lstm" else h
+    state = (h, h[::-1]) if design.family == "lstm" else h
+    history = jax.random.normal(jax.random.fold_in(key, 1), (batch, design.input_history, inputs))
+    return join_carry(design, state, history)
 
 
 @pytest.mark.parametrize("name", [pytest.param("min_gru", marks=pytest.mark.slow), *PARALLEL[1:]])
@@ -46,7 +51,7 @@ def test_parallel_scan_equals_sequential_at_T_1000(name, carried):
     design = PRESETS[name]
     params = init_layer(jax.random.key(0), design, 5, 7)
     xs = jax.random.normal(jax.random.key(1), (3, 1000, 5))
-    carry = random_carry(design, jax.random.key(2), 3, 7, positive=True) if carried else None
+    carry = random_carry(design, jax.random.key(2), 3, 7, 5, positive=True) if carried else None
     ys_seq, c_seq = run_layer(params, design, xs, carry, scan="sequential")
     ys_par, c_par = run_layer(params, design, xs, carry, scan="parallel")
     assert rel_err(ys_par, ys_seq) <= 1e-4
@@ -82,7 +87,7 @@ def test_gradients_match_finite_differences_float64(name):
         xs = jax.random.normal(jax.random.key(1), (2, 6, 3), jnp.float64)
         carry = jax.tree.map(
             lambda v: v.astype(jnp.float64),
-            random_carry(design, jax.random.key(2), 2, 4, positive=True),
+            random_carry(design, jax.random.key(2), 2, 4, 3, positive=True),
         )
 
         def loss(params, xs, carry):
@@ -133,6 +138,7 @@ def _closed_form_count(name: str, I: int, H: int) -> int:
         "janet": 2 * full,
         "sru": 2 * (I * H + 2 * H) + I * H + I * H,  # f, r with peepholes; W x; W_skip (I ≠ H)
         "rg_lru": 3 * (I * H + H) + H,  # input gate, recurrence gate, W x; the decay Λ
+        "qrnn": 3 * (2 * I * H + H),  # f, o and the candidate over a window of two inputs
     }
     return counts[name]
 

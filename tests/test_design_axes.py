@@ -122,3 +122,67 @@ def test_sru_highway_reads_the_input_itself_where_widths_agree():
     np.testing.assert_allclose(
         ys[:, 0], r * c_want + (1 - r) * math.sqrt(3.0) * xs[:, 0], rtol=1e-5, atol=1e-6
     )
+
+
+# inputs over time: a short causal convolution (the dense window is the qrnn preset's, checked
+# against its NumPy reference in tests/test_numpy_reference.py)
+
+HAWK_CONV = replace(PRESETS["rg_lru"], name="rg_lru_conv4", short_conv=4)
+
+
+def conv_reference(xs: np.ndarray, history: np.ndarray, w: np.ndarray, b: np.ndarray):
+    """x̂_t = w_1 x_{t−3} + w_2 x_{t−2} + w_3 x_{t−1} + w_4 x_t + b, the three inputs before
+    the first step from ``history``, step by step in float64."""
+    seq = np.concatenate([history, xs], axis=1).astype(np.float64)
+    k = w.shape[0]
+    return np.stack(
+        [sum(w[j] * seq[:, t + j] for j in range(k)) + b for t in range(xs.shape[1])], axis=1
+    )
+
+
+def conv_layer(seed: int = 0):
+    params = init_layer(jax.random.key(seed), HAWK_CONV, 3, 3)
+    params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(9), a.shape), params)
+    return params, jax.random.normal(jax.random.key(seed + 1), (2, 10, 3))
+
+
+def test_the_short_convolution_equals_its_reference_and_carries_its_last_inputs():
+    from gru_research.cells import inputs_over_time
+
+    params, xs = conv_layer()
+    history = jax.random.normal(jax.random.key(5), (2, 3, 3))
+    read, carried = inputs_over_time(params, HAWK_CONV, xs, history)
+    w, b = (np.asarray(params["conv"][k], np.float64) for k in ("w", "b"))
+    want = conv_reference(np.asarray(xs), np.asarray(history), w, b)
+    np.testing.assert_allclose(read, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(carried, xs[:, -3:])
+    # a sequence shorter than the window keeps the tail of the old inputs
+    _, short = inputs_over_time(params, HAWK_CONV, xs, history, seq_lengths=jnp.array([10, 2]))
+    np.testing.assert_array_equal(short[1], jnp.concatenate([history[1, 2:], xs[1, :2]]))
+
+
+@pytest.mark.parametrize("scan", ["sequential", "parallel"])
+def test_a_convolved_layer_in_two_halves_equals_the_whole_and_a_reset_two_sequences(scan):
+    params, xs = conv_layer()
+    whole, last = run_layer(params, HAWK_CONV, xs, scan=scan)
+    first, mid = run_layer(params, HAWK_CONV, xs[:, :4], scan=scan)
+    assert mid[1].shape == (2, 3, 3)
+    second, last2 = run_layer(params, HAWK_CONV, xs[:, 4:], mid, scan=scan)
+    np.testing.assert_allclose(jnp.concatenate([first, second], 1), whole, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(last2), jax.tree.leaves(last), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    resets = jnp.zeros(xs.shape[:2], bool).at[:, 6].set(True)
+    packed, packed_last = run_layer(params, HAWK_CONV, xs, mid, scan=scan, resets=resets)
+    alone, alone_last = run_layer(params, HAWK_CONV, xs[:, 6:], scan=scan)
+    np.testing.assert_allclose(packed[:, 6:], alone, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(packed_last), jax.tree.leaves(alone_last), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_window_and_convolution_settings_are_checked():
+    with pytest.raises(ValueError, match="not both"):
+        replace(PRESETS["qrnn"], short_conv=4)
+    with pytest.raises(ValueError, match="width >= 2"):
+        replace(PRESETS["rg_lru"], short_conv=1)
+    with pytest.raises(ValueError, match="taps >= 1"):
+        replace(PRESETS["qrnn"], input_window=0)

@@ -56,8 +56,10 @@ LSTM_FAMILY = {
     "lstm_peephole_cifg",
     "janet",
     "sru",
+    "qrnn",
 }
 POSITIVE_CARRY = {"min_gru", "min_lstm"}  # log-space scans need h_0 >= 0
+WINDOWED = {"qrnn"}  # a window of two inputs: the carry is ((c, h), x_{t-1} (B, 1, I))
 
 
 def sigmoid(v: Array) -> Array:
@@ -79,6 +81,11 @@ class Ref:
     def W(self, k: str, x: Array) -> Array:
         self.used.add(("W", k))
         return x @ self.p["W"][k]
+
+    def W_window(self, k: str, x_prev: Array, x: Array) -> Array:
+        """W¹ x_{t−1} + W² x_t of a two-tap input window: W's rows for x_{t−1}, then x_t."""
+        self.used.add(("W", k))
+        return x_prev @ self.p["W"][k][:I] + x @ self.p["W"][k][I:]
 
     def U(self, k: str, h: Array) -> Array:
         self.used.add(("U", k))
@@ -184,6 +191,13 @@ def lstm_family_step(
 ) -> tuple[Array, Array]:
     """One step of an LSTM-family preset, (c', h') from (x, (c, h)), as in DESIGN.md §2."""
     c, h = carry
+    if name == "qrnn":  # Bradbury et al., 2016: fo-pooling over a window of 2 (x = (x_{t-1}, x_t))
+        z = np.tanh(p.W_window("g", *x) + p.b("g"))
+        f = sigmoid(p.W_window("f", *x) + p.b("f"))
+        o = sigmoid(p.W_window("o", *x) + p.b("o"))
+        c_new = f * c + (1 - f) * z
+        return c_new, o * c_new
+
     if name == "min_lstm":  # Feng et al., 2024: x-only gates, normalised, no output gate
         f = sigmoid(p.W("f", x) + p.b("f"))
         i = sigmoid(p.W("i", x) + p.b("i"))
@@ -243,15 +257,20 @@ def reference_run(name: str, params: dict, xs: Array, carry: Carry) -> tuple[Arr
     p = Ref(params)
     xs = np.asarray(xs, np.float64)
     carry = jax.tree.map(lambda a: np.asarray(a, np.float64), carry)
+    if name in WINDOWED:  # the carry holds the previous input beside the state
+        carry, prev = carry
     ys = []
     for t in range(xs.shape[1]):
+        x = xs[:, t]
+        if name in WINDOWED:
+            x, prev = (prev[:, 0], x), x[:, None]
         if name in LSTM_FAMILY:
-            carry = lstm_family_step(name, p, xs[:, t], carry)
+            carry = lstm_family_step(name, p, x, carry)
             ys.append(carry[1])
         else:
-            carry = gru_family_step(name, p, xs[:, t], carry)
+            carry = gru_family_step(name, p, x, carry)
             ys.append(carry)
-    return np.stack(ys, axis=1), carry, p
+    return np.stack(ys, axis=1), ((carry, prev) if name in WINDOWED else carry), p
 
 
 def random_params(design: GateDesign, seed: int) -> dict:
@@ -271,6 +290,10 @@ def random_carry(name: str, seed: int) -> Carry:
         h = 0.8 * rng.standard_normal((B, H))
     if name == "min_lstm":  # h = c: the state is c, the output is c
         return jnp.asarray(h, jnp.float32), jnp.asarray(h, jnp.float32)
+    if name in WINDOWED:
+        c = rng.standard_normal((B, H))
+        state = jnp.asarray(c, jnp.float32), jnp.asarray(h, jnp.float32)
+        return state, jnp.asarray(rng.standard_normal((B, 1, I)), jnp.float32)
     if name in LSTM_FAMILY:
         c = rng.standard_normal((B, H))
         return jnp.asarray(c, jnp.float32), jnp.asarray(h, jnp.float32)

@@ -4,6 +4,7 @@ Their layer maps onto ours with x̃ = x (W_h = I, b_h = 0, so I = H), their bloc
 kernels as dense W with zeros off the blocks, and their ``a_param`` as −Λ (their
 exp(−softplus(a_param)) is our σ(Λ)). Their segment positions restart the state where they are
 0, as our ``resets`` do; both scans are compared, with a carried state and a packed batch.
+Griffin's short convolution (``Conv1D``) is compared with our ``short_conv`` input axis.
 
 recurrentgemma is in the ``dev`` extra, which CI installs (there a missing package fails);
 elsewhere the test skips without it.
@@ -84,3 +85,32 @@ def test_rg_lru_initial_decays_lie_where_recurrentgemma_draws_them():
         assert 0.9 - 1e-6 <= float(a.min()) and float(a.max()) <= 0.999 + 1e-6
     squared = [np.sort(np.asarray(a, np.float64) ** 2) for a in (a_ours, a_theirs)]
     assert np.max(np.abs(squared[0] - squared[1])) < 0.01  # same distribution, two draws
+
+
+def test_short_convolution_equals_recurrentgemma_conv1d():
+    """Griffin's width-4 causal convolution: their taps ``w`` (4, H), oldest first, and ``b``
+    are ours; a segment position 0 is our reset; their decoding cache (the last 3 inputs) is
+    our carried history."""
+    from dataclasses import replace
+
+    from gru_research.cells import init_layer, inputs_over_time
+
+    conv = rg.layers.Conv1D(width=H, temporal_width=4)
+    design = replace(PRESETS["rg_lru"], name="rg_lru_conv4", short_conv=4)
+    xs = jax.random.normal(jax.random.key(6), (B, T, H))
+    positions = jnp.stack([jnp.arange(T), jnp.concatenate([jnp.arange(5), jnp.arange(T - 5)])])
+    variables = conv.init(jax.random.key(8), xs, positions)
+    redraw = lambda a: a + 0.5 * jax.random.normal(jax.random.key(9), a.shape)  # noqa: E731
+    params = jax.tree.map(redraw, variables["params"])
+    ours = init_layer(jax.random.key(0), design, H, H) | {"conv": dict(params)}
+
+    want, want_cache = conv.apply({"params": params}, xs, positions)
+    got, carried = inputs_over_time(ours, design, xs, jnp.zeros((B, 3, H)), positions == 0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(carried, want_cache, rtol=1e-6)
+
+    x_next = jax.random.normal(jax.random.key(10), (B, 1, H))
+    want, want_cache = conv.apply({"params": params}, x_next, jnp.full((B, 1), T), cache=carried)
+    got, carried = inputs_over_time(ours, design, x_next, carried)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(carried, want_cache, rtol=1e-6)
