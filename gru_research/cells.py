@@ -10,7 +10,8 @@ A layer's parameters are a plain pytree::
      "p": {gate: (H,)},     peephole weights (p ⊙ c), LSTM family
      "c_h": (H,),           the candidate's recurrent bias, reset-after GRUs only
      "decay": (H,),         RG-LRU's Λ, σ(Λ)^8 its slowest decay (De et al., 2024)
-     "conv": {"w": (k, I), "b": (I,)}}  a short causal convolution's taps, oldest first
+     "conv": {"w": (k, I), "b": (I,)},  a short causal convolution's taps, oldest first
+     "lower_bound": (H,)}   HGRN's γ_l, given by the model (absent: 0, a first layer)
 
 With an input window of k taps the input kernels are (k·I, H): W reads [x_{t−k+1}, …, x_t].
 
@@ -359,16 +360,22 @@ def _gate_pre(pre: Mapping[str, Array], hp: Mapping[str, Array], name: str) -> A
     return pre.get(name, 0.0) + hp.get(name, 0.0)
 
 
-def gate_values(design: GateDesign, pre: Mapping[str, Array], hp: Mapping = {}) -> dict:
-    """The value of every gate at a step: σ(W x + U h + b) of the learned ones, the fixed,
-    tied and coupled ones resolved, and minLSTM's (``normalise``) i, f replaced by
-    i / (i + f), f / (i + f). A fixed gate is its constant (a float)."""
+def gate_values(
+    design: GateDesign, pre: Mapping[str, Array], hp: Mapping = {}, lower_bound=None
+) -> dict:
+    """The value of every gate at a step: σ(W x + U h + b) of the learned ones (HGRN's forget
+    gate γ + (1 − γ) σ(·) above its ``lower_bound`` γ), the fixed, tied and coupled ones
+    resolved, and minLSTM's (``normalise``) i, f replaced by i / (i + f), f / (i + f). A fixed
+    gate is its constant (a float)."""
     pre_act = {n: _gate_pre(pre, hp, n) for n, _ in design.learned_gates}
+    learned = {n: jax.nn.sigmoid(v) for n, v in pre_act.items()}
+    if lower_bound is not None:
+        learned["f"] = lower_bound + (1.0 - lower_bound) * learned["f"]
 
     def complement(source: Coupled, g):  # 1 − σ(s − β) = σ(β − s)
         return jax.nn.sigmoid(source.shift - pre_act[source.gate]) if source.shift else 1.0 - g
 
-    gates = _resolve(design, {n: jax.nn.sigmoid(v) for n, v in pre_act.items()}, _same, complement)
+    gates = _resolve(design, learned, _same, complement)
     if design.normalise:
         i, f = gates["i"], gates["f"]
         gates |= {"i": i / (i + f), "f": f / (i + f)}
@@ -518,7 +525,7 @@ def recurrent_update(
     if design.family == "lstm":
         c, _ = carry
         hp = _add_terms(hp, {n: params["p"][n] * c for n in design.peepholes("previous")})
-        gates = gate_values(design, pre, hp)
+        gates = gate_values(design, pre, hp, params.get("lower_bound"))
         c_new = gates["f"] * c + gates["i"] * phi(_gate_pre(pre, hp, cand))
         gates |= {
             n: jax.nn.sigmoid(_gate_pre(pre, hp, n) + params["p"][n] * c_new)
@@ -587,7 +594,7 @@ def recurrence_coefficients(
 ) -> tuple[Array, Array]:
     """(a, b) of h_t = a_t h_{t−1} + b_t (the cell c_t for the LSTM family), linear space;
     ``restart`` marks the steps whose state was restarted (see :func:`update_weights`)."""
-    gates = gate_values(design, pre)
+    gates = gate_values(design, pre, lower_bound=params.get("lower_bound"))
     candidate = ACTIVATIONS[design.candidate.activation](pre[design.candidate_name])
     if design.family == "lstm":
         return _full(gates["f"], candidate), gates["i"] * candidate

@@ -45,6 +45,9 @@ Further axes of the LSTM family:
   vanilla LSTM: i, f previous, o current;
 * a shifted coupling ``Coupled("f", shift=β)``: i = 1 − σ(s_f − β), s_f the forget gate's
   pre-activation (van der Westhuizen & Lasenby, 2018, JANET, β = 1);
+* a learned lower bound on the forget gate, f = γ_l + (1 − γ_l) σ(W_f x + b_f), with γ_l
+  rising over the L layers of a model: γ = cumsum(softmax(Γ)) − softmax(Γ)_1 over the layers,
+  Γ ∈ R^{L×H} learned, so γ_1 = 0 (Qin et al., 2023, HGRN; ``forget_lower_bound``);
 * the highway output (Lei et al., 2018, SRU): h' = o ⊙ ψ(c') + (1 − o) ⊙ √3 · x̂, x̂ = x where
   I = H, else W_skip x.
 
@@ -183,6 +186,7 @@ class GateDesign:
     diagonal_bound_from_length: bool = False
     input_window: int = 1
     short_conv: int = 0
+    forget_lower_bound: bool = False
     paper: str = ""
 
     def __post_init__(self) -> None:
@@ -212,6 +216,13 @@ class GateDesign:
             raise ValueError(
                 f"design {self.name!r}: input_window is a number of taps >= 1 and short_conv a "
                 f"width >= 2 (0: none), got {self.input_window} and {self.short_conv}"
+            )
+        if self.forget_lower_bound and (
+            self.family != "lstm" or not isinstance(self.gate("f"), Gate)
+        ):
+            raise ValueError(
+                f"design {self.name!r}: a forget-gate lower bound needs the LSTM family's "
+                "learned forget gate"
             )
         if self.input_window > 1 and self.short_conv:
             raise ValueError(f"design {self.name!r}: choose input_window or short_conv, not both")
@@ -301,6 +312,7 @@ class GateDesign:
         if self.reads_state:
             return None
         positive = self.candidate.activation == "g" and self.update != "signed"
+        positive = positive and not self.forget_lower_bound  # its log-space f is not written
         return "log" if positive else "linear"
 
 
@@ -490,6 +502,16 @@ PRESETS: dict[str, GateDesign] = {
             Fixed(1.0),
             output_activation="identity",
             chrono_from_length=True,
+        ),
+        _lstm(
+            "hgrn",
+            "Qin et al., 2023 (HGRN, real form: f = γ_l + (1 − γ_l) σ(W x + b), γ_l per layer)",
+            Coupled("f"),
+            Gate(h=False),
+            Gate(h=False),
+            candidate=Candidate(h=False, activation="silu"),
+            output_activation="identity",
+            forget_lower_bound=True,
         ),
         _lstm(
             "qrnn",

@@ -150,7 +150,16 @@ def init_model(key: Array, config: ModelConfig, hyper: Mapping[str, Any] | None 
         params["norm_out"] = jnp.ones((H,))
     width = config.layer_width if config.block == "plain" else H
     params["readout"] = _dense(k_out, width, config.output_size)
+    if config.design.forget_lower_bound:  # Γ, as the HGRN code initialises it
+        params["lower_bounds"] = jnp.ones((config.num_layers, H))
     return params
+
+
+def layer_lower_bounds(logits: Array) -> Array:
+    """γ (L, H) from Γ (L, H): γ_l = Σ_{k ≤ l} softmax(Γ)_k − softmax(Γ)_1, the softmax over
+    the layers, so γ_1 = 0 and the bound rises with depth (Qin et al., 2023, HGRN)."""
+    weights = jax.nn.softmax(logits, axis=0)
+    return jnp.cumsum(weights, axis=0) - weights[0]
 
 
 def _init_recurrent(
@@ -208,15 +217,17 @@ def _run_recurrent(
     carry_offsets: Carry | None = None,
     trace: bool = False,
     recurrent_rate: float | Array = 0.0,
+    lower_bound: Array | None = None,
 ):
     """A layer (or both directions of a bidirectional one) over a batch: (ys, carry), and its
-    :class:`~gru_research.scan.LayerTrace` with ``trace``."""
+    :class:`~gru_research.scan.LayerTrace` with ``trace``; ``lower_bound`` is the layer's
+    forget-gate bound γ_l (HGRN), the same in both directions."""
     design, batch = config.design, x.shape[0]
 
     def run(p, xs, c, key, carry_offsets=None):
         mask = recurrent_dropout_mask(key, recurrent_rate, batch, config.hidden_size)
         return run_layer(
-            p,
+            p if lower_bound is None else p | {"lower_bound": lower_bound},
             design,
             xs,
             c,
@@ -288,10 +299,12 @@ def apply_model(
         layer_key = jax.random.fold_in(dropout_key, layer)
         return jax.random.fold_in(layer_key, 0), jax.random.fold_in(layer_key, 1)
 
+    bounds = layer_lower_bounds(params["lower_bounds"]) if "lower_bounds" in params else None
+
     def recurrent(i: int, layer: Params, x: Array, carry, mask_key):
         return _run_recurrent(
             layer, config, x, carry, seq_lengths, resets, mask_key, offsets[i], trace,
-            rates["recurrent_dropout"],
+            rates["recurrent_dropout"], None if bounds is None else bounds[i],
         )  # fmt: skip
 
     new_carries, traces = [], []

@@ -138,6 +138,7 @@ def _closed_form_count(name: str, I: int, H: int) -> int:
         "janet": 2 * full,
         "sru": 2 * (I * H + 2 * H) + I * H + I * H,  # f, r with peepholes; W x; W_skip (I ≠ H)
         "rg_lru": 3 * (I * H + H) + H,  # input gate, recurrence gate, W x; the decay Λ
+        "hgrn": 3 * (I * H + H),  # f, o and the candidate from x (the model holds Γ)
         "qrnn": 3 * (2 * I * H + H),  # f, o and the candidate over a window of two inputs
     }
     return counts[name]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from gru_research.cells import bound_diagonal, init_layer
 from gru_research.gates import PRESETS, Candidate, Coupled, Fixed, Gate, recurrence_kind
@@ -186,3 +187,45 @@ def test_window_and_convolution_settings_are_checked():
         replace(PRESETS["rg_lru"], short_conv=1)
     with pytest.raises(ValueError, match="taps >= 1"):
         replace(PRESETS["qrnn"], input_window=0)
+
+
+def test_hgrn_layers_get_lower_bounds_rising_from_zero_by_depth():
+    """γ = cumsum(softmax(Γ)) − softmax(Γ)_1 over the layers, in NumPy; each layer of the
+    model equals the layer alone run with its γ (the layer's equations are checked in
+    tests/test_numpy_reference.py)."""
+    from gru_research.model import ModelConfig, apply_model, init_model
+
+    config = ModelConfig(cell="hgrn", input_size=3, hidden_size=4, output_size=4, num_layers=3)
+    params = init_model(jax.random.key(0), config)
+    assert params["lower_bounds"].shape == (3, 4)
+    params["lower_bounds"] = jax.random.normal(jax.random.key(1), (3, 4))
+    params["readout"] = {"w": jnp.eye(4), "b": jnp.zeros(4)}
+    logits = np.asarray(params["lower_bounds"], np.float64)
+    weights = np.exp(logits) / np.exp(logits).sum(axis=0)
+    gammas = np.cumsum(weights, axis=0) - weights[0]
+    assert np.all(gammas[0] == 0) and np.all(np.diff(gammas, axis=0) > 0)
+
+    xs = jax.random.normal(jax.random.key(2), (2, 7, 3))
+    ys, _ = apply_model(params, config, xs)
+    h = xs
+    for layer, gamma in zip(params["layers"], gammas, strict=True):
+        h, _ = run_layer(
+            layer | {"lower_bound": jnp.asarray(gamma, jnp.float32)}, PRESETS["hgrn"], h
+        )
+    np.testing.assert_allclose(ys, h, rtol=1e-5, atol=1e-6)
+    with jax.enable_x64(True):  # Γ's gradient against float64 finite differences
+        as64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)  # noqa: E731
+        params64, xs64 = as64(params), as64(xs)
+
+        def loss(logits):
+            ys = apply_model(params64 | {"lower_bounds": logits}, config, xs64)[0]
+            return jnp.sum(jnp.sin(ys))
+
+        check_grads(loss, (params64["lower_bounds"],), order=1, modes=["rev"])
+
+
+def test_a_forget_lower_bound_needs_a_learned_forget_gate():
+    with pytest.raises(ValueError, match="lower bound"):
+        replace(PRESETS["lstm_no_forget_gate"], forget_lower_bound=True)
+    with pytest.raises(ValueError, match="lower bound"):
+        replace(PRESETS["gru"], forget_lower_bound=True)

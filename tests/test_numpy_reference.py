@@ -57,6 +57,7 @@ LSTM_FAMILY = {
     "janet",
     "sru",
     "qrnn",
+    "hgrn",
 }
 POSITIVE_CARRY = {"min_gru", "min_lstm"}  # log-space scans need h_0 >= 0
 WINDOWED = {"qrnn"}  # a window of two inputs: the carry is ((c, h), x_{t-1} (B, 1, I))
@@ -108,6 +109,11 @@ class Ref:
     def c_h(self) -> Array:
         self.used.add(("c_h",))
         return self.p["c_h"]
+
+    def lower_bound(self) -> Array:
+        """HGRN's forget-gate lower bound γ of this layer."""
+        self.used.add(("lower_bound",))
+        return self.p["lower_bound"]
 
     def decay(self) -> Array:
         """RG-LRU's Λ, sigmoid(Λ) the decay at a recurrence gate of 1/8."""
@@ -198,6 +204,13 @@ def lstm_family_step(
         c_new = f * c + (1 - f) * z
         return c_new, o * c_new
 
+    if name == "hgrn":  # Qin et al., 2023: f = γ + (1 - γ) σ(W_f x + b_f), silu input
+        gamma = p.lower_bound()
+        f = gamma + (1 - gamma) * sigmoid(p.W("f", x) + p.b("f"))
+        v = p.W("g", x) + p.b("g")
+        c_new = f * c + (1 - f) * v * sigmoid(v)
+        return c_new, sigmoid(p.W("o", x) + p.b("o")) * c_new
+
     if name == "min_lstm":  # Feng et al., 2024: x-only gates, normalised, no output gate
         f = sigmoid(p.W("f", x) + p.b("f"))
         i = sigmoid(p.W("i", x) + p.b("i"))
@@ -274,12 +287,18 @@ def reference_run(name: str, params: dict, xs: Array, carry: Carry) -> tuple[Arr
 
 
 def random_params(design: GateDesign, seed: int) -> dict:
-    """The preset's parameter tree with every leaf redrawn, so biases and c_h are nonzero."""
+    """The preset's parameter tree with every leaf redrawn, so biases and c_h are nonzero
+    (and a layer's HGRN lower bound, which the model gives it, drawn in (0, 1))."""
     params = init_layer(jax.random.PRNGKey(seed), design, I, H)
+    if design.forget_lower_bound:
+        params["lower_bound"] = jnp.zeros(H)
     leaves, tree = jax.tree.flatten(params)
     rng = np.random.default_rng(seed)
     new = [jnp.asarray(0.6 * rng.standard_normal(leaf.shape), jnp.float32) for leaf in leaves]
-    return jax.tree.unflatten(tree, new)
+    params = jax.tree.unflatten(tree, new)
+    if design.forget_lower_bound:
+        params["lower_bound"] = jnp.asarray(rng.uniform(0.0, 1.0, H), jnp.float32)
+    return params
 
 
 def random_carry(name: str, seed: int) -> Carry:
