@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -413,9 +413,20 @@ def log_gate_values(design: GateDesign, pre: Mapping[str, Array]) -> dict:
 # one recurrent step (designs that read the state)
 
 
+class ExponentialCarry(NamedTuple):
+    """The carry of an exponentially gated LSTM (Beck et al., 2024, sLSTM): the cell, its
+    normaliser, the stabiliser of the exponential gates, and the output."""
+
+    c: Array
+    n: Array
+    m: Array
+    h: Array
+
+
 def hidden_state(design: GateDesign, carry: Carry) -> Array:
-    """The h of a carry: the carry itself (GRU family), or the second of (c, h) (LSTM)."""
-    return carry[1] if design.family == "lstm" else carry
+    """The h of a carry: the carry itself (GRU family), or the last of (c, h) or (c, n, m, h)
+    (LSTM family)."""
+    return carry[-1] if design.family == "lstm" else carry
 
 
 def fused_recurrent_kernel(params: Params, design: GateDesign) -> Array:
@@ -522,6 +533,8 @@ def recurrent_update(
     )
     cand = design.candidate_name
     phi = ACTIVATIONS[design.candidate.activation]
+    if design.gating == "exponential":
+        return exponential_update(design, carry, pre, hp)
     if design.family == "lstm":
         c, _ = carry
         hp = _add_terms(hp, {n: params["p"][n] * c for n in design.peepholes("previous")})
@@ -544,6 +557,24 @@ def recurrent_update(
     if design.update == "keep":  # (1 − z) ⊙ h̃ + z ⊙ h in this order: float32 sums as before
         return write * phi(v) + keep * h, gates
     return keep * h + write * phi(v), gates
+
+
+def exponential_update(
+    design: GateDesign, carry: ExponentialCarry, pre: Mapping[str, Array], hp: Mapping
+) -> tuple[ExponentialCarry, dict]:
+    """sLSTM's stabilised exponential gating (Beck et al., 2024), from the pre-activations
+    ĩ, f̃ and those of o and the candidate: m' = max(ĩ, log σ(f̃) + m), i' = exp(ĩ − m'),
+    f' = exp(log σ(f̃) + m − m'), c' = f' ⊙ c + i' ⊙ φ(v_g), n' = f' ⊙ n + i',
+    h' = o ⊙ ψ(c' / n'). The gates returned are i', f' and o."""
+    c, n, m, _ = carry
+    i_pre, log_f = _gate_pre(pre, hp, "i"), jax.nn.log_sigmoid(_gate_pre(pre, hp, "f"))
+    m_new = jnp.maximum(i_pre, log_f + m)
+    i, f = jnp.exp(i_pre - m_new), jnp.exp(log_f + m - m_new)
+    c_new = f * c + i * ACTIVATIONS[design.candidate.activation](_gate_pre(pre, hp, "g"))
+    n_new = f * n + i
+    o = gate_values(design, pre, hp)["o"]
+    h = o * _output_activation(design, c_new / n_new)
+    return ExponentialCarry(c_new, n_new, m_new, h), {"i": i, "f": f, "o": o}
 
 
 def update_weights(
@@ -644,6 +675,8 @@ def zero_carry(
     """Zeros: h, or (c, h), and the zero inputs of an input history (``input_size`` wide)."""
     h = jnp.zeros(batch_shape + (hidden_size,))
     inputs = jnp.zeros(batch_shape + (design.input_history, input_size))
+    if design.gating == "exponential":
+        return join_carry(design, ExponentialCarry(h, h, h, h), inputs)
     return join_carry(design, (h, h) if design.family == "lstm" else h, inputs)
 
 

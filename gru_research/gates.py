@@ -48,6 +48,11 @@ Further axes of the LSTM family:
 * a learned lower bound on the forget gate, f = γ_l + (1 − γ_l) σ(W_f x + b_f), with γ_l
   rising over the L layers of a model: γ = cumsum(softmax(Γ)) − softmax(Γ)_1 over the layers,
   Γ ∈ R^{L×H} learned, so γ_1 = 0 (Qin et al., 2023, HGRN; ``forget_lower_bound``);
+* exponential gating with a stabiliser m and a normaliser n in the carry (c, n, m, h)
+  (Beck et al., 2024, sLSTM; ``gating="exponential"`` with ``output="normalised"``):
+  m' = max(ĩ, log σ(f̃) + m), i' = exp(ĩ − m'), f' = exp(log σ(f̃) + m − m'),
+  c' = f' ⊙ c + i' ⊙ φ(v_g), n' = f' ⊙ n + i', h' = o ⊙ ψ(c' / n'), ĩ and f̃ the gates'
+  pre-activations; a fresh or restarted carry is all zeros;
 * the highway output (Lei et al., 2018, SRU): h' = o ⊙ ψ(c') + (1 − o) ⊙ √3 · x̂, x̂ = x where
   I = H, else W_skip x.
 
@@ -177,7 +182,8 @@ class GateDesign:
     reset: Literal["after", "before"] = "after"
     normalise: bool = False
     output_activation: Literal["tanh", "identity"] = "tanh"
-    output: Literal["gated", "highway"] = "gated"
+    output: Literal["gated", "highway", "normalised"] = "gated"
+    gating: Literal["sigmoid", "exponential"] = "sigmoid"
     recurrent_init: Literal["orthogonal", "identity", "lecun_normal"] = "orthogonal"
     chrono_t_max: float | None = None
     learn_initial_state: bool = False
@@ -216,6 +222,21 @@ class GateDesign:
             raise ValueError(
                 f"design {self.name!r}: input_window is a number of taps >= 1 and short_conv a "
                 f"width >= 2 (0: none), got {self.input_window} and {self.short_conv}"
+            )
+        if (self.gating == "exponential") != (self.output == "normalised") or (
+            self.gating == "exponential"
+            and (
+                self.family != "lstm"
+                or not all(isinstance(self.gate(n), Gate) for n in ("i", "f"))
+                or self.normalise
+                or peepholes
+                or self.learn_initial_state
+            )
+        ):
+            raise ValueError(
+                f"design {self.name!r}: exponential gating goes with the normalised output and "
+                "needs the LSTM family's learned i and f, without peepholes, minLSTM's "
+                "normalisation or a learned initial state"
             )
         if self.forget_lower_bound and (
             self.family != "lstm" or not isinstance(self.gate("f"), Gate)
@@ -291,7 +312,8 @@ class GateDesign:
         through a peephole)."""
         names = (*dict(self.learned_gates), self.candidate_name)
         peepholes = self.peepholes("previous") + self.peepholes("current")
-        return any(self.reads_h(n) for n in names) or bool(peepholes)
+        stabilised = self.gating == "exponential"  # m' = max(·): no linear recurrence
+        return any(self.reads_h(n) for n in names) or bool(peepholes) or stabilised
 
     def peepholes(self, where: Literal["previous", "current"]) -> tuple[str, ...]:
         """The learned gates that read c_{t−1} (``previous``) or c_t (``current``)."""
@@ -502,6 +524,17 @@ PRESETS: dict[str, GateDesign] = {
             Fixed(1.0),
             output_activation="identity",
             chrono_from_length=True,
+        ),
+        _lstm(
+            "slstm",
+            "Beck et al., 2024 (sLSTM: exponential gates, 4 block-diagonal heads, h = o ⊙ c / n)",
+            Gate(h="block:4"),
+            Gate(h="block:4", bias_init=1.0),
+            Gate(h="block:4"),
+            candidate=Candidate(h="block:4"),
+            output_activation="identity",
+            output="normalised",
+            gating="exponential",
         ),
         _lstm(
             "hgrn",

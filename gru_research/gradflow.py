@@ -58,7 +58,7 @@ def carry_gradients(params, config: ModelConfig, task: Task, inputs, targets, la
 def gradient_norms(params, config: ModelConfig, task: Task, inputs, targets, layer: int = 0):
     """{"carry": (T,), "h": (T,)}: the batch-mean norm of dL_T / dcarry_t and dL_T / dh_t."""
     grads = carry_gradients(params, config, task, inputs, targets, layer)
-    parts = grads if config.design.family == "lstm" else (grads,)
+    parts = (grads[0], grads[-1]) if config.design.family == "lstm" else (grads,)  # c and h
     carry = jnp.sqrt(sum(jnp.sum(g**2, axis=-1) for g in parts)).mean(axis=0)
     h = jnp.linalg.norm(parts[-1], axis=-1).mean(axis=0)
     return {"carry": carry, "h": h}

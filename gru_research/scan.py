@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from gru_research.cells import (
     Carry,
+    ExponentialCarry,
     Params,
     fused_recurrent_kernel,
     hidden_state,
@@ -198,7 +199,8 @@ def run_layer(
 ) -> tuple[Array, Carry] | tuple[Array, Carry, LayerTrace]:
     """Run one layer over batch-major inputs ``xs`` (B, T, I); returns (outputs (B, T, H), carry).
 
-    * ``carry``: h (GRU family) or (c, h) (LSTM family) to start from, of any sign; the learned
+    * ``carry``: h (GRU family), (c, h) (LSTM family) or (c, n, m, h) (exponential gating)
+      to start from, of any sign; the learned
       initial state (``learn_initial_state``) or zeros when omitted. The returned carry is the
       one after each sequence's last real step.
     * ``seq_lengths`` (B,): right-padded sequences; outputs at padded steps are zero and the
@@ -229,6 +231,8 @@ def run_layer(
         resets = first if resets is None else resets | first
     fresh = initial_carry(params, design, (batch,))
     state, history = split_carry(design, fresh if carry is None else carry)
+    if design.gating == "exponential":  # a plain (c, n, m, h) tuple given by the caller
+        state = ExponentialCarry(*state)
     if design.input_history:
         xs, history = inputs_over_time(params, design, xs, history, resets, seq_lengths)
     out = _run_state(

@@ -41,6 +41,8 @@ def random_carry(
     """A random state, and for a design with an input history its last inputs."""
     h = jax.random.uniform(key, (batch, hidden), minval=0.0 if positive else -1.0)
     state = (h, h[::-1]) if design.family == "lstm" else h
+    if design.gating == "exponential":  # c, n > 0, m, h
+        state = (h[::-1], 0.5 + h**2, h - 0.5, h)
     history = jax.random.normal(jax.random.fold_in(key, 1), (batch, design.input_history, inputs))
     return join_carry(design, state, history)
 
@@ -139,6 +141,7 @@ def _closed_form_count(name: str, I: int, H: int) -> int:
         "sru": 2 * (I * H + 2 * H) + I * H + I * H,  # f, r with peepholes; W x; W_skip (I ≠ H)
         "rg_lru": 3 * (I * H + H) + H,  # input gate, recurrence gate, W x; the decay Λ
         "hgrn": 3 * (I * H + H),  # f, o and the candidate from x (the model holds Γ)
+        "slstm": 4 * (I * H + H) + 4 * (H // 4) ** 2 * 4,  # 4 heads of (H/4)² per gate
         "qrnn": 3 * (2 * I * H + H),  # f, o and the candidate over a window of two inputs
     }
     return counts[name]
@@ -146,7 +149,7 @@ def _closed_form_count(name: str, I: int, H: int) -> int:
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_parameter_counts_equal_closed_forms(name):
-    I, H = 5, 7
+    I, H = 5, 8  # H divisible by the 4 heads of a block recurrence
     assert design_param_count(name, I, H) == _closed_form_count(name, I, H)
     assert count_params(init_layer(jax.random.key(0), PRESETS[name], I, H)) == (
         _closed_form_count(name, I, H)
@@ -238,7 +241,7 @@ def test_shared_data_vmaps_only_params():
 @pytest.mark.slow
 def test_token_inputs_and_every_preset_forward_and_grad():
     for name in PRESETS:
-        config = ModelConfig(cell=name, vocab_size=11, hidden_size=6, output_size=11, num_layers=2)
+        config = ModelConfig(cell=name, vocab_size=11, hidden_size=8, output_size=11, num_layers=2)
         params = init_model(jax.random.key(0), config)
         tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, 11)
 

@@ -17,7 +17,7 @@ from gru_research.cells import init_layer
 from gru_research.gates import PRESETS, GateDesign
 from gru_research.scan import run_layer
 
-B, T, I, H = 3, 50, 5, 7
+B, T, I, H = 3, 50, 5, 8  # H divisible by sLSTM's 4 heads
 REL_TOL = 1e-5
 
 Array = np.ndarray
@@ -58,6 +58,7 @@ LSTM_FAMILY = {
     "sru",
     "qrnn",
     "hgrn",
+    "slstm",
 }
 POSITIVE_CARRY = {"min_gru", "min_lstm"}  # log-space scans need h_0 >= 0
 WINDOWED = {"qrnn"}  # a window of two inputs: the carry is ((c, h), x_{t-1} (B, 1, I))
@@ -91,6 +92,13 @@ class Ref:
     def U(self, k: str, h: Array) -> Array:
         self.used.add(("U", k))
         return h @ self.p["U"][k]
+
+    def R(self, k: str, h: Array) -> Array:
+        """A block-diagonal recurrence: head j of h times its own block R_j."""
+        self.used.add(("R", k))
+        blocks = self.p["R"][k]
+        heads = h.reshape(h.shape[0], blocks.shape[0], blocks.shape[1])
+        return np.einsum("bjd,jde->bje", heads, blocks).reshape(h.shape)
 
     def u(self, k: str) -> Array:
         """A diagonal recurrent weight, as a vector multiplying h elementwise."""
@@ -192,10 +200,24 @@ def gru_family_step(name: str, p: Ref, x: Array, h: Array) -> Array:
     return (1 - z) * cand + z * h
 
 
+def slstm_step(p: Ref, x: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
+    """Beck et al., 2024, sLSTM: exponential input gate, sigmoid forget gate in log space,
+    stabiliser m and normaliser n; every pre-activation reads h through 4 heads."""
+    c, n, m, h = carry
+    i_pre, f_pre, o_pre, z_pre = (p.W(k, x) + p.R(k, h) + p.b(k) for k in ("i", "f", "o", "g"))
+    log_f = -np.log1p(np.exp(-f_pre))
+    m_new = np.maximum(i_pre, log_f + m)
+    i, f = np.exp(i_pre - m_new), np.exp(log_f + m - m_new)
+    c_new, n_new = f * c + i * np.tanh(z_pre), f * n + i
+    return c_new, n_new, m_new, sigmoid(o_pre) * c_new / n_new
+
+
 def lstm_family_step(
     name: str, p: Ref, x: Array, carry: tuple[Array, Array]
 ) -> tuple[Array, Array]:
     """One step of an LSTM-family preset, (c', h') from (x, (c, h)), as in DESIGN.md §2."""
+    if name == "slstm":
+        return slstm_step(p, x, carry)
     c, h = carry
     if name == "qrnn":  # Bradbury et al., 2016: fo-pooling over a window of 2 (x = (x_{t-1}, x_t))
         z = np.tanh(p.W_window("g", *x) + p.b("g"))
@@ -279,7 +301,7 @@ def reference_run(name: str, params: dict, xs: Array, carry: Carry) -> tuple[Arr
             x, prev = (prev[:, 0], x), x[:, None]
         if name in LSTM_FAMILY:
             carry = lstm_family_step(name, p, x, carry)
-            ys.append(carry[1])
+            ys.append(carry[-1])
         else:
             carry = gru_family_step(name, p, x, carry)
             ys.append(carry)
@@ -290,8 +312,6 @@ def random_params(design: GateDesign, seed: int) -> dict:
     """The preset's parameter tree with every leaf redrawn, so biases and c_h are nonzero
     (and a layer's HGRN lower bound, which the model gives it, drawn in (0, 1))."""
     params = init_layer(jax.random.PRNGKey(seed), design, I, H)
-    if design.forget_lower_bound:
-        params["lower_bound"] = jnp.zeros(H)
     leaves, tree = jax.tree.flatten(params)
     rng = np.random.default_rng(seed)
     new = [jnp.asarray(0.6 * rng.standard_normal(leaf.shape), jnp.float32) for leaf in leaves]
@@ -313,10 +333,26 @@ def random_carry(name: str, seed: int) -> Carry:
         c = rng.standard_normal((B, H))
         state = jnp.asarray(c, jnp.float32), jnp.asarray(h, jnp.float32)
         return state, jnp.asarray(rng.standard_normal((B, 1, I)), jnp.float32)
+    if name == "slstm":  # (c, n > 0, m, h)
+        c, n, m = (
+            rng.standard_normal((B, H)),
+            rng.uniform(0.5, 1.5, (B, H)),
+            rng.standard_normal((B, H)),
+        )
+        return tuple(jnp.asarray(v, jnp.float32) for v in (c, n, m, h))
     if name in LSTM_FAMILY:
         c = rng.standard_normal((B, H))
         return jnp.asarray(c, jnp.float32), jnp.asarray(h, jnp.float32)
     return jnp.asarray(h, jnp.float32)
+
+
+def comparable(name: str, carry: Carry) -> list:
+    """The carry's leaves that any correct implementation shares: for sLSTM c / n and h,
+    not its stabiliser m (nor c and n, which m scales)."""
+    if name == "slstm":
+        c, n, _, h = carry
+        return [c / n, h]
+    return jax.tree.leaves(carry)
 
 
 def random_inputs(seed: int) -> jax.Array:
@@ -360,7 +396,7 @@ def test_preset_matches_numpy_reference(name: str, scan: str) -> None:
     assert ys.shape == (B, T, H)
     assert ref.used == leaf_names(params), "parameters the equations do not read (or lack)"
     assert rel_err(ys, ref_ys) <= REL_TOL
-    for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry), strict=True):
+    for got, want in zip(comparable(name, carry), comparable(name, ref_carry), strict=True):
         assert rel_err(got, want) <= REL_TOL
 
 
@@ -375,7 +411,7 @@ def test_preset_matches_numpy_reference_in_float64(name: str, scan: str) -> None
         ys, carry = run_layer(as64(params), design, as64(xs), as64(carry0), scan=scan)
         assert ys.dtype == jnp.float64
         assert rel_err(ys, ref_ys) <= 1e-10
-        for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry), strict=True):
+        for got, want in zip(comparable(name, carry), comparable(name, ref_carry), strict=True):
             assert rel_err(got, want) <= 1e-10
 
 

@@ -42,11 +42,11 @@ def close(a, b, tol=1e-5) -> bool:
 
 def setup(name: str, batch=3, length=12, learn_initial_state=False):
     design = replace(PRESETS[name], learn_initial_state=learn_initial_state)
-    params = init_layer(jax.random.key(0), design, 4, 5)
+    params = init_layer(jax.random.key(0), design, 4, 8)
     if learn_initial_state:
-        params["h0"] = jax.random.uniform(jax.random.key(7), (5,), minval=0.1, maxval=0.5)
+        params["h0"] = jax.random.uniform(jax.random.key(7), (8,), minval=0.1, maxval=0.5)
         if "c0" in params:
-            params["c0"] = jax.random.uniform(jax.random.key(8), (5,), minval=0.1, maxval=0.5)
+            params["c0"] = jax.random.uniform(jax.random.key(8), (8,), minval=0.1, maxval=0.5)
     xs = jax.random.normal(jax.random.key(1), (batch, length, 4))
     return design, params, xs
 
@@ -104,7 +104,7 @@ def test_learned_initial_state_starts_the_sequence_and_gets_gradients():
         params,
         design,
         xs,
-        (jnp.broadcast_to(params["c0"], (3, 5)), jnp.broadcast_to(params["h0"], (3, 5))),
+        (jnp.broadcast_to(params["c0"], (3, 8)), jnp.broadcast_to(params["h0"], (3, 8))),
     )
     assert close(ys, explicit)
     grads = jax.grad(lambda p: jnp.sum(run_layer(p, design, xs)[0] ** 2))(params)
