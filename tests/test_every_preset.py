@@ -99,7 +99,7 @@ def test_the_backward_direction_reads_each_sequence_reversed(name, scan):
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_vmapped_seeds_equal_each_seed_alone(name):
-    config = ModelConfig(cell=name, input_size=I, hidden_size=H, output_size=2, num_layers=2)
+    config = ModelConfig(cell=name, input_size=I, hidden_size=H, output_size=2)
     seeds = [0, 1]
     batch = {
         "x": jax.random.normal(jax.random.key(3), (len(seeds), B, T, I)),
