@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gru_research.gates import GateDesign
 from gru_research.model import ModelConfig, apply_model, init_model, init_population, seed_keys
 
 Array = jax.Array
@@ -566,13 +567,19 @@ def regime_model(regime: Regime, cell: str, seeds: int = 1) -> RegimeModel:
     return RegimeModel(config, task, config.model_config(task), batch)
 
 
-def regime_ours(regime: Regime, cell: str, seeds: int = 1) -> Step:
+def regime_ours(
+    regime: Regime, cell: str, seeds: int = 1, variant: GateDesign | None = None
+) -> Step:
     """gru-research's step of the experiment's model: the same loss (the task's metric) and
     optimiser (``train.make_optimizer``) as ``gru-research train``, on a fixed batch; seeds
-    vmapped, each on its own batch, as the training loop runs them."""
+    vmapped, each on its own batch, as the training loop runs them. A ``variant`` design runs
+    in the place of ``cell``'s at the same hidden size."""
     from gru_research.train import make_optimizer
 
     m = regime_model(regime, cell, seeds)
+    if variant is not None:
+        m = dataclasses.replace(m, model=dataclasses.replace(m.model, cell=variant))
+        cell = variant.name
 
     def loss_one(p, inputs, targets):
         return m.task.metrics(apply_model(p, m.model, inputs)[0], targets)["loss"]

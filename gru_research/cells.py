@@ -102,15 +102,27 @@ def input_fed(design: GateDesign) -> tuple[str, ...]:
     return gates + ((design.candidate_name,) if design.candidate.x else ())
 
 
-def state_fed(design: GateDesign) -> tuple[str, ...]:
-    """The gates and candidate whose U h is part of the one fused recurrent matmul per step.
-
-    A candidate that resets *before* its matmul needs r first, so it gets a second matmul.
-    """
-    full = design.reading("full")
+def _fusable(design: GateDesign, kind: str) -> tuple[str, ...]:
+    """The readers of h of that kind, but a candidate that resets *before* its matmul (it
+    needs r first, so it gets a matmul of its own)."""
+    names = design.reading(kind)
     if design.family == "gru" and design.reset == "before":
-        return tuple(n for n in full if n != design.candidate_name)
-    return full
+        return tuple(n for n in names if n != design.candidate_name)
+    return names
+
+
+def fused_heads(design: GateDesign) -> int:
+    """1 where the fused recurrent matmul is dense, (H, G·H); k where every gate that reads
+    h does so through the same k block-diagonal heads (sLSTM), fused as (k, H/k, G·H/k)."""
+    blocks = _fusable(design, "block")
+    heads = {design.recurrence(n)[1] for n in blocks}
+    return heads.pop() if blocks and not _fusable(design, "full") and len(heads) == 1 else 1
+
+
+def state_fed(design: GateDesign) -> tuple[str, ...]:
+    """The gates and candidate whose reads of h are the one fused recurrent matmul per step:
+    the full readers, or the block readers where :func:`fused_heads` fuses them."""
+    return _fusable(design, "block" if fused_heads(design) > 1 else "full")
 
 
 STATE_PARAMETERS = {"full": "U", "diagonal": "u", "block": "R"}
@@ -120,9 +132,11 @@ def loop_parameters(params: Params, design: GateDesign) -> Params:
     """The parameters a step reads besides the input projection (W, b), the fused recurrent
     kernel of :func:`state_fed` and the initial state: what the time loop differentiates."""
     fused = set(state_fed(design))
-    loop = {k: v for k, v in params.items() if k not in ("W", "b", "U", "h0", "c0")}
-    unfused = {n: u for n, u in params.get("U", {}).items() if n not in fused}
-    return loop | ({"U": unfused} if unfused else {})
+    loop = {k: v for k, v in params.items() if k not in ("W", "b", "U", "R", "h0", "c0")}
+    for group in ("U", "R"):
+        if unfused := {n: u for n, u in params.get(group, {}).items() if n not in fused}:
+            loop[group] = unfused
+    return loop
 
 
 def init_layer(
@@ -430,37 +444,85 @@ def hidden_state(design: GateDesign, carry: Carry) -> Array:
 
 
 def fused_recurrent_kernel(params: Params, design: GateDesign) -> Array:
-    """[U_1 | U_2 | ...] of :func:`state_fed`: the (H, G·H) kernel of the one matmul per step."""
+    """[U_1 | U_2 | ...] of :func:`state_fed`: the (H, G·H) kernel of the one matmul per step,
+    or with k heads each head's [R_1 | R_2 | ...], (k, H/k, G·H/k)."""
     names = state_fed(design)
     if not names:  # only a reset-before candidate reads h: its matmul is in the update
         _, hidden = layer_sizes(params)
         return jnp.zeros((hidden, 0))
+    if fused_heads(design) > 1:
+        return jnp.concatenate([params["R"][n] for n in names], axis=2)
     return jnp.concatenate([params["U"][n] for n in names], axis=1)
 
 
 def unfused_readers(design: GateDesign) -> tuple[str, ...]:
-    """The gates and candidate that read h diagonally or by blocks: each reads it in the step
-    itself, outside the fused matmul (a reset-before GRU candidate reads r ⊙ h instead)."""
-    local = design.reading("diagonal") + design.reading("block")
-    if design.family == "gru" and design.reset == "before":
-        return tuple(n for n in local if n != design.candidate_name)
-    return local
+    """The gates and candidate that read h diagonally or by blocks outside the fused matmul:
+    each reads it in the step itself (a reset-before GRU candidate reads r ⊙ h instead)."""
+    fused = set(state_fed(design))
+    local = _fusable(design, "diagonal") + _fusable(design, "block")
+    return tuple(n for n in local if n not in fused)
 
 
-def block_matmul(h: Array, blocks: Array, compute_dtype=None) -> Array:
-    """h (..., H) times the block-diagonal kernel of ``blocks`` (k, H/k, H/k), head by head."""
-    heads, size, _ = blocks.shape
-    split = h.reshape(h.shape[:-1] + (heads, size))
+def _einsum(spec: str, a: Array, b: Array, compute_dtype=None) -> Array:
     if compute_dtype is None:
-        out = jnp.einsum("...kh,khj->...kj", split, blocks)
-    else:
-        out = jnp.einsum(
-            "...kh,khj->...kj",
-            split.astype(compute_dtype),
-            blocks.astype(compute_dtype),
-            preferred_element_type=jnp.float32,
-        )
-    return out.reshape(h.shape)
+        return jnp.einsum(spec, a, b)
+    a, b = a.astype(compute_dtype), b.astype(compute_dtype)
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _heads_to_gates(v: Array, heads: int, gates: int) -> Array:
+    """(..., k, G·d) laid out head by head → (..., G·H) gate by gate, H = k·d."""
+    size = v.shape[-1] // gates
+    v = v.reshape(v.shape[:-2] + (heads, gates, size))
+    return jnp.swapaxes(v, -3, -2).reshape(v.shape[:-3] + (gates * heads * size,))
+
+
+def _gates_to_heads(v: Array, heads: int, gates: int) -> Array:
+    """The inverse of :func:`_heads_to_gates`: (..., G·H) → (..., k, G·d)."""
+    size = v.shape[-1] // (gates * heads)
+    v = jnp.swapaxes(v.reshape(v.shape[:-1] + (gates, heads, size)), -3, -2)
+    return v.reshape(v.shape[:-3] + (heads, gates * size))
+
+
+def state_matmul(h: Array, kernel: Array, compute_dtype=None) -> Array:
+    """h (..., H) times a recurrent kernel: dense (H, G·H), or k block-diagonal heads
+    (k, H/k, G·H/k), each head of h times its own blocks; (..., G·H), gate by gate."""
+    if kernel.ndim == 2:
+        return matmul(h, kernel, compute_dtype)
+    heads, size, width = kernel.shape
+    split = h.reshape(h.shape[:-1] + (heads, size))
+    out = _einsum("...kd,kde->...ke", split, kernel, compute_dtype)
+    return _heads_to_gates(out, heads, width // size)
+
+
+def transposed_kernel(kernel: Array) -> Array:
+    """What :func:`state_matmul_transposed` reads: a dense kernel's transpose (formed once,
+    outside a time loop), a blocked kernel as it is."""
+    return kernel.T if kernel.ndim == 2 else kernel
+
+
+def state_matmul_transposed(d: Array, kernel_t: Array, compute_dtype=None) -> Array:
+    """d (..., G·H) times the transpose of the kernel of :func:`state_matmul`, given as
+    :func:`transposed_kernel`: (..., H)."""
+    if kernel_t.ndim == 2:
+        return matmul(d, kernel_t, compute_dtype)
+    kernel = kernel_t
+    heads, size, width = kernel.shape
+    split = _gates_to_heads(d, heads, width // size)
+    out = _einsum("...ke,kde->...kd", split, kernel, compute_dtype)
+    return out.reshape(d.shape[:-1] + (heads * size,))
+
+
+def kernel_gradient(h_reads: Array, d_hps: Array, kernel: Array, compute_dtype=None) -> Array:
+    """dL/dkernel = Σ_t h_tᵀ (dL/d(h_t kernel)) over all steps and sequences at once: one
+    (H, T·B) × (T·B, G·H) matmul, or one per head for block-diagonal heads."""
+    flat = lambda v: v.reshape(math.prod(v.shape[:-1]), v.shape[-1])  # noqa: E731 (G·H may be 0)
+    if kernel.ndim == 2:
+        return matmul(flat(h_reads).T, flat(d_hps), compute_dtype).astype(kernel.dtype)
+    heads, size, width = kernel.shape
+    h = flat(h_reads).reshape(-1, heads, size)
+    d = _gates_to_heads(flat(d_hps), heads, width // size)
+    return _einsum("nkd,nke->kde", h, d, compute_dtype).astype(kernel.dtype)
 
 
 def state_term(
@@ -470,9 +532,7 @@ def state_term(
     kind, _ = design.recurrence(name)
     if kind == "diagonal":
         return params["u"][name] * h
-    if kind == "block":
-        return block_matmul(h, params["R"][name], compute_dtype)
-    return matmul(h, params["U"][name], compute_dtype)
+    return state_matmul(h, params[STATE_PARAMETERS[kind]][name], compute_dtype)
 
 
 def read_state(design: GateDesign, carry: Carry, h_mask: Array | None = None) -> Array:
@@ -495,7 +555,7 @@ def recurrent_step(
     fused into one (H, G·H) matmul. ``h_mask`` is variational recurrent dropout (Gal &
     Ghahramani, 2016): the same mask multiplies h wherever a matmul reads it, at every step.
     """
-    hp = matmul(
+    hp = state_matmul(
         read_state(design, carry, h_mask), fused_recurrent_kernel(params, design), compute_dtype
     )
     carry, _ = recurrent_update(params, design, carry, pre, hp, h_mask, compute_dtype)

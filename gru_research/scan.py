@@ -28,7 +28,6 @@ backward pass; and ``trace``, every step's gate values and carry (:class:`LayerT
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal, NamedTuple
@@ -46,15 +45,18 @@ from gru_research.cells import (
     input_projection,
     inputs_over_time,
     join_carry,
+    kernel_gradient,
     layer_sizes,
     log_recurrence_coefficients,
     loop_parameters,
-    matmul,
     output_from_states,
     read_state,
     recurrence_coefficients,
     recurrent_update,
     split_carry,
+    state_matmul,
+    state_matmul_transposed,
+    transposed_kernel,
 )
 from gru_research.config import SCAN_KINDS
 from gru_research.gates import GateDesign
@@ -425,7 +427,7 @@ def _plain_scan(loop: Loop, kernel, consts, carry, xs, keep):
     """The forward loop; ``keep(c, hp)`` picks what each step stores besides its output."""
 
     def body(c, x):
-        hp = matmul(loop.read(consts, c, x), kernel, loop.compute_dtype)
+        hp = state_matmul(loop.read(consts, c, x), kernel, loop.compute_dtype)
         new, y = loop.step(consts, c, hp, loop.pre_of(consts, x), x)
         return new, (y, keep(c, hp))
 
@@ -452,7 +454,7 @@ def _fused_kernel_grad_backward(loop, remat, residuals, cotangents):
     kernel, consts, carries, hps, xs = residuals
     d_last, d_ys = cotangents
     add = partial(jax.tree.map, lambda *vs: sum(vs))
-    kernel_t = kernel.T  # once, not in every step
+    kernel_t = transposed_kernel(kernel)  # once, not in every step
     dtype = loop.compute_dtype
 
     def update(consts, c, hp, x):
@@ -462,11 +464,11 @@ def _fused_kernel_grad_backward(loop, remat, residuals, cotangents):
         d_carry, d_consts = acc
         c, hp, x, d_y = inputs
         if hp is None:
-            hp = matmul(loop.read(consts, c, x), kernel, dtype)
+            hp = state_matmul(loop.read(consts, c, x), kernel, dtype)
         _, update_vjp = jax.vjp(update, consts, c, hp, x)
         d_consts_step, d_c_step, d_hp, d_x_step = update_vjp((d_carry, d_y))
         h_read, read_vjp = jax.vjp(loop.read, consts, c, x)
-        d_h_read = matmul(d_hp, kernel_t, dtype).astype(h_read.dtype)
+        d_h_read = state_matmul_transposed(d_hp, kernel_t, dtype).astype(h_read.dtype)
         d_consts_read, d_c_read, d_x_read = read_vjp(d_h_read)
         acc = (add(d_c_step, d_c_read), add(d_consts, d_consts_step, d_consts_read))
         kept_read = None if loop.plain_read else h_read
@@ -478,13 +480,7 @@ def _fused_kernel_grad_backward(loop, remat, residuals, cotangents):
     )
     if loop.plain_read:
         h_reads = loop.plain_read(carries)
-    return _kernel_gradient(h_reads, d_hps, kernel, dtype), d_consts, d_carry, d_xs
-
-
-def _kernel_gradient(h_reads: Array, d_hps: Array, kernel: Array, compute_dtype) -> Array:
-    """dL/dU = Σ_t h_t^T (dL/d(h_t U)): one (H, T·B) × (T·B, G·H) matmul."""
-    flat = lambda v: v.reshape(math.prod(v.shape[:-1]), v.shape[-1])  # noqa: E731 (G·H may be 0)
-    return matmul(flat(h_reads).T, flat(d_hps), compute_dtype).astype(kernel.dtype)
+    return kernel_gradient(h_reads, d_hps, kernel, dtype), d_consts, d_carry, d_xs
 
 
 _fused_kernel_grad_scan.defvjp(_fused_kernel_grad_forward, _fused_kernel_grad_backward)
