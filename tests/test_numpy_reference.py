@@ -8,6 +8,8 @@ reference, so a parameter the package creates but the equations do not use is ca
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -462,3 +464,52 @@ def test_mgu_single_step_differs_in_coupling() -> None:
         params, PRESETS["mgu"], jnp.asarray(x[:, None], jnp.float32), jnp.asarray(h, jnp.float32)
     )
     assert rel_err(out[:, 0], zhou) <= REL_TOL
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_variants() -> dict[str, GateDesign]:
+    """The designs of the README's "a new variant is a few lines" example, run as written."""
+    text = README.read_text()
+    start = text.index("```python", text.index("A new variant is a few lines"))
+    code = text[start + len("```python") : text.index("```", start + 3)]
+    namespace: dict = {}
+    exec(code, namespace)
+    return {v.name: v for v in namespace.values() if isinstance(v, GateDesign)}
+
+
+def readme_variant_step(name: str, p: Ref, x: Array, carry: Carry) -> Carry:
+    """The README variants' equations: a GRU with a ReLU candidate, an LSTM without output
+    activation, and a leaky unit whose update gate is the learned vector σ(b_z)."""
+    if name == "lstm_noaf":
+        c, h = carry
+        i, f, o = (sigmoid(p.W(k, x) + p.U(k, h) + p.b(k)) for k in ("i", "f", "o"))
+        c_new = f * c + i * np.tanh(p.W("g", x) + p.U("g", h) + p.b("g"))
+        return c_new, o * c_new
+    h = carry
+    if name == "gru_relu":
+        z, r = (sigmoid(p.W(k, x) + p.U(k, h) + p.b(k)) for k in ("z", "r"))
+        cand = np.maximum(p.W("h", x) + p.b("h") + r * (p.U("h", h) + p.c_h()), 0.0)
+    else:  # leaky: z = σ(b_z), no reset
+        z = sigmoid(p.b("z")) * np.ones_like(h)
+        cand = np.tanh(p.W("h", x) + p.U("h", h) + p.b("h"))
+    return (1 - z) * cand + z * h
+
+
+def test_the_readme_variants_follow_their_equations() -> None:
+    variants = readme_variants()
+    assert set(variants) == {"gru_relu", "lstm_noaf", "leaky"}
+    for name, design in variants.items():
+        params = random_params(design, seed=5)
+        xs = random_inputs(5)
+        carry0 = random_carry("lstm" if design.family == "lstm" else "gru", 5)
+        ys, carry = run_layer(params, design, xs, carry0)
+        p, carry_ref, ys_ref = Ref(params), jax.tree.map(np.asarray, carry0), []
+        for t in range(T):
+            carry_ref = readme_variant_step(name, p, np.asarray(xs[:, t], np.float64), carry_ref)
+            ys_ref.append(carry_ref[-1] if design.family == "lstm" else carry_ref)
+        assert p.used == leaf_names(params), name
+        assert rel_err(ys, np.stack(ys_ref, axis=1)) <= REL_TOL, name
+        for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(carry_ref), strict=True):
+            assert rel_err(got, want) <= REL_TOL, name
