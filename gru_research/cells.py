@@ -71,13 +71,16 @@ ACTIVATIONS = {
 
 
 def _recurrent_kernel(design: GateDesign, key: Array, size: int, heads: int = 1) -> Array:
-    """An (H, H) kernel, or ``heads`` (H/k, H/k) blocks stacked (heads, H/k, H/k)."""
-    shape = (size, size) if heads == 1 else (heads, size // heads, size // heads)
+    """An (H, H) kernel, or ``heads`` (H/k, H/k) blocks stacked (heads, H/k, H/k), each block
+    drawn as a kernel of its own (an orthogonal block is orthogonal by itself)."""
+    if heads > 1:
+        keys = jax.random.split(key, heads)
+        return jax.vmap(lambda k: _recurrent_kernel(design, k, size // heads))(keys)
     if design.recurrent_init == "identity":
-        return jnp.broadcast_to(jnp.eye(shape[-1]), shape)
+        return jnp.eye(size)
     if design.recurrent_init == "orthogonal":
-        return jax.nn.initializers.orthogonal(column_axis=-1)(key, shape)
-    return jax.nn.initializers.lecun_normal(batch_axis=(0,) if heads > 1 else ())(key, shape)
+        return jax.nn.initializers.orthogonal()(key, (size, size))
+    return jax.nn.initializers.lecun_normal()(key, (size, size))
 
 
 def _state_weights(design: GateDesign, name: str, key: Array, hidden_size: int) -> Array:

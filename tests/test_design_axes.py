@@ -66,6 +66,8 @@ def test_a_block_recurrence_stores_only_its_blocks_and_equals_the_block_diagonal
     assert "U" not in params or not params["U"]
     blocks = params["R"]["h"]
     assert blocks.shape == (2, 2, 2)
+    for block in blocks:  # each block orthogonal by itself, as a full kernel would be
+        np.testing.assert_allclose(block @ block.T, np.eye(2), atol=1e-6)
     full = jax.scipy.linalg.block_diag(*blocks)
     dense, dense_params = (
         PRESETS["rnn_tanh"],
