@@ -117,7 +117,18 @@ class MetricsFile:
         self.path = path
         self.records: list[dict] = []
         if path.exists():
-            self.records = [json.loads(line) for line in path.read_text().splitlines() if line]
+            self.records = [self._record(n, line) for n, line in enumerate(self._lines(), 1)]
+
+    def _lines(self) -> list[str]:
+        return [line for line in self.path.read_text().splitlines() if line]
+
+    def _record(self, number: int, line: str) -> dict:
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"corrupt metrics file {self.path}: line {number} is not JSON ({err.msg})"
+            ) from None
 
     def truncate_after(self, step: int) -> None:
         """Forget records past ``step`` and every test record: a resumed run logs those again

@@ -11,7 +11,7 @@ import pytest
 from small_runs import small_run
 
 import gru_research.train as train_module
-from gru_research.tracking import offline_run_files, read_offline_history
+from gru_research.tracking import MetricsFile, offline_run_files, read_offline_history
 from gru_research.train import RunError, TrainConfig, train
 
 SMALL = small_run(seeds=2, steps=30)
@@ -159,3 +159,12 @@ def test_a_second_process_in_the_same_folder_is_refused_while_the_first_runs(tmp
         holder.wait()
     summary = train(TrainConfig(**SMALL), run, wandb_mode="disabled")  # the kernel let it go
     assert summary["steps"] == 30 and np.isfinite(summary["final"]["loss"]).all()
+
+
+def test_a_corrupt_metrics_file_is_named_in_one_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1, "split": "train"}) + "\n{not json\n")
+    with pytest.raises(ValueError) as err:
+        MetricsFile(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "line 2" in message
