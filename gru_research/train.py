@@ -118,6 +118,11 @@ def resolve_epochs(config: TrainConfig, task: Task) -> TrainConfig:
         return config
     per_epoch = task.windows_per_epoch(config.batch_size)
     log_every = max(d for d in range(1, min(config.log_every, per_epoch) + 1) if per_epoch % d == 0)
+    if config.warmup_steps >= config.epochs * per_epoch:
+        raise ValueError(
+            f"warmup_steps must be below the {config.epochs * per_epoch} steps of "
+            f"{config.epochs} epoch{'s' * (config.epochs > 1)}, got {config.warmup_steps}"
+        )
     return dataclasses.replace(
         config,
         steps=config.epochs * per_epoch,

@@ -167,6 +167,12 @@ def test_epoch_decay_schedule_and_epoch_resolution(ptb_slice):
     assert rates == [1.0, 1.0, 1.0, 1.0, 0.5, 0.25, 0.125, 0.0625]  # Zaremba et al. (2014)
 
 
+def test_a_warm_up_as_long_as_the_epochs_is_one_clear_error(ptb_slice):
+    config = _stateful_config(data_dir=str(ptb_slice), epochs=1, warmup_steps=10**6)
+    with pytest.raises(ValueError, match="warmup_steps must be below the .* steps of 1 epoch, got"):
+        resolve_epochs(config, make_task(config.task_config()))
+
+
 def _one_step(config, task, state=None):
     program = build_program(config, task, config.model_config(task))
     state = state if state is not None else program.init(jnp.stack([jax.random.key(0)]))
