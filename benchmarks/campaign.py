@@ -27,6 +27,7 @@ from common import (
     joined,
     positive_int,
     positive_ints,
+    publish,
     readable,
     shortfalls,
     target_row,
@@ -35,7 +36,6 @@ from common import (
 from gru_research import bench
 from gru_research.bench import CONFIGS, BenchConfig, RematMemory, Timing
 from gru_research.reporting import markdown_table, report_header
-from gru_research.tracking import write_atomic
 
 PROFILED = ("small", "medium")  # where a step's phases are timed (long's steps take seconds)
 REMAT_LENGTH = 10_000
@@ -430,9 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     # rendered before the plot is written, so that the report's commit is the code's own
     text = render(measured, command, jax.default_backend(), plot_path.name, small)
     plot(measured.length_curves, measured.seed_speed_ups, plot_path)
-    write_atomic(args.out, text)
-    print(text, end="")
-    return 0
+    return publish(args.out, text)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from gru_research.bench import BenchConfig, named_configs
 from gru_research.reporting import bold, verdict
+from gru_research.tracking import write_atomic
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -130,3 +132,10 @@ def shortfalls(pairs: list[tuple[Target, Reading]], backend: str) -> list[dict[s
             }
         )
     return rows
+
+
+def publish(path: Path, text: str) -> int:
+    """Write a report atomically and print it; a script's exit status (0)."""
+    write_atomic(path, text)
+    print(text, end="")
+    return 0

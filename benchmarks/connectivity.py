@@ -19,13 +19,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import OneLineParser, positive_int, positive_ints
+from common import OneLineParser, positive_int, positive_ints, publish
 
 from gru_research import bench
 from gru_research.gates import PRESETS, Gate, GateDesign
 from gru_research.model import design_param_count
 from gru_research.reporting import markdown_table, report_header, verdict
-from gru_research.tracking import write_atomic
 
 PAIRS = (("indrnn", "rnn_tanh"), ("slstm", "lstm"))  # (design, the classic design beside it)
 GOAL_HIDDEN = 512  # where the recurrent matmul is the largest part of a step
@@ -120,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", markdown_table(targets).rstrip("\n")]
     lines += ["", markdown_table(table).rstrip("\n")]
     text = "\n".join(lines) + "\n"
-    write_atomic(args.out, text)
-    print(text, end="")
-    return 0
+    return publish(args.out, text)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ from itertools import pairwise
 from pathlib import Path
 
 import jax
-from common import OneLineParser, joined, positive_int, positive_ints, readable
+from common import OneLineParser, joined, positive_int, positive_ints, publish, readable
 
 from gru_research import bench
 from gru_research.bench import ScanSpeed
 from gru_research.reporting import claims_table, markdown_table, report_header, verdict
-from gru_research.tracking import write_atomic
 
 DEFAULT_LENGTHS = "64,128,256,512,1024,2048,4096"
 PAPER_SPEED_UPS = {512: 175.0, 4096: 1324.0}  # on a T4 GPU
@@ -155,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     points = bench.scan_speed(args.lengths, args.batch, args.rounds)
     device_kind = jax.devices()[0].device_kind
     text = render(points, args.batch, args.rounds, command, jax.default_backend(), device_kind)
-    write_atomic(args.out, text)
-    print(text, end="")
-    return 0
+    return publish(args.out, text)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common import OneLineParser, positive_int
+from common import OneLineParser, positive_int, publish
 
 from gru_research import bench
 from gru_research.reporting import markdown_table, report_header, verdict
-from gru_research.tracking import write_atomic
 
 GOAL = 4.0
 CELLS = ("gru", "lstm")
@@ -79,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(t.speed_up < GOAL for t in timings.values()):
         lines += ["", WHY]
     text = "\n".join(lines) + "\n"
-    write_atomic(args.out, text)
-    print(text, end="")
-    return 0
+    return publish(args.out, text)
 
 
 if __name__ == "__main__":
