@@ -496,6 +496,7 @@ def test_the_cost_of_a_further_seed(scripts):
     assert scripts.small_models.seed_cost({1: 1.0}) is None
 
 
+@pytest.mark.slow
 def test_a_grid_of_rates_trains_in_one_program_and_its_report_says_so(scripts):
     timing = bench.grid_speed(tiny_regime("copy"), "gru", seeds=2, rounds=1)
     assert (timing.values, timing.seeds) == (4, 2)

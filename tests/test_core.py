@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from presets import unit_unless_new
 
 from gru_research.cells import init_layer, join_carry, zero_carry
 from gru_research.gates import PRESETS, Candidate, Fixed, Gate, GateDesign, get_design
@@ -47,7 +48,9 @@ def random_carry(
     return join_carry(design, state, history)
 
 
-@pytest.mark.parametrize("name", [pytest.param("min_gru", marks=pytest.mark.slow), *PARALLEL[1:]])
+@pytest.mark.parametrize(
+    "name", [pytest.param("min_gru", marks=pytest.mark.slow), *map(unit_unless_new, PARALLEL[1:])]
+)
 @pytest.mark.parametrize("carried", [False, True])
 def test_parallel_scan_equals_sequential_at_T_1000(name, carried):
     design = PRESETS[name]
@@ -62,7 +65,8 @@ def test_parallel_scan_equals_sequential_at_T_1000(name, carried):
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param("min_gru", marks=pytest.mark.slow), *PARALLEL[1:], "gru"]
+    "name",
+    [pytest.param("min_gru", marks=pytest.mark.slow), *map(unit_unless_new, PARALLEL[1:]), "gru"],
 )
 def test_auto_scan_equals_explicit_choices(name):
     design = PRESETS[name]
@@ -79,7 +83,18 @@ def test_parallel_scan_refused_for_state_reading_designs():
         run_layer(params, PRESETS["gru"], jnp.zeros((1, 5, 3)), scan="parallel")
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+# the minimal RNNs' gradients are also checked against finite differences in
+# tests/test_initial_state.py (learned and carried states under both scans)
+FD_SLOW = {"min_gru", "min_lstm"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in FD_SLOW else unit_unless_new(n)
+        for n in PRESETS
+    ],
+)
 def test_gradients_match_finite_differences_float64(name):
     design = PRESETS[name]
     with jax.enable_x64(True):

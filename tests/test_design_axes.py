@@ -79,6 +79,7 @@ def test_a_block_recurrence_stores_only_its_blocks_and_equals_the_block_diagonal
     )
 
 
+@pytest.mark.slow
 def test_indrnn_bound_follows_the_length_and_holds_at_init_and_after_every_step():
     """Li et al. (2018): |u| ≤ 2^(1/T) keeps h from growing faster than 2 over T steps."""
     config = TrainConfig(
@@ -164,6 +165,7 @@ def test_the_short_convolution_equals_its_reference_and_carries_its_last_inputs(
     np.testing.assert_array_equal(short[1], jnp.concatenate([history[1, 2:], xs[1, :2]]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", ["sequential", "parallel"])
 def test_a_convolved_layer_in_two_halves_equals_the_whole_and_a_reset_two_sequences(scan):
     params, xs = conv_layer()
@@ -191,6 +193,7 @@ def test_window_and_convolution_settings_are_checked():
         replace(PRESETS["qrnn"], input_window=0)
 
 
+@pytest.mark.slow
 def test_hgrn_layers_get_lower_bounds_rising_from_zero_by_depth():
     """γ = cumsum(softmax(Γ)) − softmax(Γ)_1 over the layers, in NumPy; each layer of the
     model equals the layer alone run with its γ (the layer's equations are checked in

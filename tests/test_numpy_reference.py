@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from presets import CLASSIC, unit_unless_new
 
 from gru_research.cells import init_layer
 from gru_research.gates import PRESETS, GateDesign
@@ -402,7 +403,15 @@ def test_preset_matches_numpy_reference(name: str, scan: str) -> None:
         assert rel_err(got, want) <= REL_TOL
 
 
-@pytest.mark.parametrize(("name", "scan"), CASES)
+CASES_FLOAT64 = [  # the presets beyond the classic ones in the slow run (tests/presets.py)
+    pytest.param(*case.values, id=case.id, marks=[*case.marks, *unit_unless_new("x").marks])
+    if case.values[0] not in CLASSIC
+    else case
+    for case in CASES
+]
+
+
+@pytest.mark.parametrize(("name", "scan"), CASES_FLOAT64)
 def test_preset_matches_numpy_reference_in_float64(name: str, scan: str) -> None:
     """The same comparison with the package in float64: equal to rounding, 1e-10."""
     design = PRESETS[name]

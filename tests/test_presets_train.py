@@ -6,9 +6,9 @@ starts to pass fails this test until the reason is removed.
 """
 
 import pytest
+from presets import NEW_PRESETS
 
 from gru_research.config import TrainConfig
-from gru_research.gates import PRESETS
 from gru_research.train import train
 
 TARGET = 0.8 / 6  # 0.8 × the MSE of always predicting the mean sum, 1/6
@@ -20,13 +20,6 @@ EXPECTED_FAILURES = {
         " units with u well below 1 forget the first marked value within a few steps"
     ),
 }
-# the classic gates and Feng et al.'s minimal RNNs, trained by the experiments in results/
-CLASSIC = {
-    "rnn_tanh", "gru", "gru_reset_before", "gru_no_reset", "mgu", "mgu_flax", "min_gru",
-    "min_gru_linear", "gru1", "gru2", "gru3", "lstm", "min_lstm", "lstm_no_input_gate",
-    "lstm_no_forget_gate", "lstm_no_output_gate", "lstm_cifg", "lstm_forget_bias_0",
-}  # fmt: skip
-NEW_PRESETS = [name for name in PRESETS if name not in CLASSIC]
 
 
 @pytest.mark.slow

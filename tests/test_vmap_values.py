@@ -43,7 +43,9 @@ def assert_close_records(got: list[dict], want: list[dict]) -> None:
                 assert g[name] == pytest.approx(value, rel=1e-10, abs=1e-12), name
 
 
-@pytest.mark.parametrize("field", list(CASES))
+@pytest.mark.parametrize(
+    "field", [f if f == "lr" else pytest.param(f, marks=pytest.mark.slow) for f in CASES]
+)
 def test_vmapped_values_equal_each_value_trained_alone(tmp_path, field):
     options, values = CASES[field]
     config = TrainConfig(**(SMALL | options))
@@ -85,6 +87,7 @@ def test_a_group_folder_holds_the_checkpoints_and_each_value_a_run_folder(tmp_pa
     )]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_stopped_group_resumes_to_the_uninterrupted_numbers(tmp_path):
     values = [{"lr": 1e-3}, {"lr": 5e-3}]
     config = TrainConfig(**SMALL)
@@ -127,6 +130,7 @@ def write_sweep(path: Path, parameters: dict, **extra) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_its_vmapped_values_as_groups_and_tables_keep_them_apart(tmp_path):
     path = write_sweep(
         tmp_path / "s.yaml",
@@ -183,6 +187,7 @@ def test_a_bad_vmap_list_is_one_line_and_writes_nothing(tmp_path, parameters, ex
     assert words in str(err.value) and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_train_command_vmaps_values(tmp_path):
     out = tmp_path / "g"
     args = [f"--{k}={v}" for k, v in SMALL.items()] + ["--vmap", "lr=0.001,0.01"]
