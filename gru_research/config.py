@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from gru_research.model import ModelConfig
     from gru_research.tasks import Task, TaskConfig
 
-TASKS = ("copy", "adding", "selective_copy", "lm")
+TASKS = ("copy", "adding", "selective_copy", "lm", "parity", "mod_sum", "cycle_nav")
+STATE_TRACKING = ("parity", "mod_sum", "cycle_nav")
+ANSWERS = ("last", "every")
 SCAN_KINDS = ("auto", "sequential", "parallel")
 PRECISIONS = ("float32", "bfloat16")
 BLOCKS = ("plain", "residual")
@@ -38,6 +40,7 @@ RECURRENT_INITS = ("orthogonal", "identity", "lecun_normal")
 SCHEDULES = ("constant", "cosine", "epoch_decay")
 BIDIRECTIONAL = ("concat", "sum")
 TASK_SEQ_LEN = {"copy": 20, "adding": 50, "selective_copy": 64, "lm": 64}  # small defaults
+TASK_SEQ_LEN |= dict.fromkeys(STATE_TRACKING, 40)  # the longest training length
 PROVENANCE_FIELDS = ("data_dir", "tfds_data_dir", "tfds_manual_dir")
 """Where the data was found: recorded, but not part of a run's identity (moving the data never
 blocks a resume, and tables do not split on it)."""
@@ -107,10 +110,21 @@ class TrainConfig:
     )
     seq_len: int | None = option(
         None,
-        "copy/adding: T; selective_copy: L; lm: window length (default: per task)",
+        "copy/adding: T; selective_copy: L; lm: window length; parity/mod_sum/cycle_nav: the "
+        "longest training length (default: per task)",
         domain=POSITIVE_INT,
     )
     num_tokens: int = option(16, "selective_copy: tokens to recall (K)", domain=POSITIVE_INT)
+    modulus: int = option(
+        5,
+        "mod_sum: the modulus m; cycle_nav: the cycle's length",
+        domain=Domain("an integer >= 2", lambda v: v >= 2),
+    )
+    answer: str = option(
+        "last",
+        "parity/mod_sum/cycle_nav: answer at each sequence's last step or every step",
+        ANSWERS,
+    )
     hidden: int = option(64, "hidden size H of every recurrent layer", domain=POSITIVE_INT)
     param_budget: int | None = option(
         None,
@@ -268,6 +282,8 @@ class TrainConfig:
             name=self.task,
             seq_len=self.seq_len,
             num_tokens=self.num_tokens,
+            modulus=self.modulus,
+            answer=self.answer,
             corpus=self.corpus,
             text_file=self.text_file,
             tfds_data_dir=self.tfds_data_dir,

@@ -229,15 +229,22 @@ def build_program(
         or any(f in vmapped for f in DROPOUT_FIELDS)
     )
 
+    eval_metrics = task.eval_metrics or task.metrics
+    eval_sample = task.eval_sample or task.sample
+
+    def seq_lengths(targets):
+        return None if task.seq_lengths is None else task.seq_lengths(targets)
+
     def metrics_of(params, inputs, targets):
-        outputs, _ = apply_model(params, model, inputs)
-        return task.metrics(outputs, targets)
+        outputs, _ = apply_model(params, model, inputs, seq_lengths=seq_lengths(targets))
+        return eval_metrics(outputs, targets)
 
     def loss_fn(params, hyper, inputs, targets, carries, dropout_key):
         rates = {k: v for k, v in hyper.items() if k in DROPOUT_FIELDS}
         outputs, carries = apply_model(
-            params, model, inputs, carries, dropout_key=dropout_key, dropout_rates=rates
-        )
+            params, model, inputs, carries, seq_lengths=seq_lengths(targets),
+            dropout_key=dropout_key, dropout_rates=rates,
+        )  # fmt: skip
         metrics = task.metrics(outputs, targets)
         # Summed over the T steps and averaged over the batch: the convention the published
         # learning rate of 1 of Zaremba et al. (2014) assumes (their TensorFlow code).
@@ -313,7 +320,7 @@ def build_program(
 
     def evaluate_sampled(params, eval_key, data):
         def one(i):
-            inputs, targets = task.sample(
+            inputs, targets = eval_sample(
                 data, jax.random.fold_in(jax.random.wrap_key_data(eval_key), i), config.batch_size
             )
             return metrics_of(params, inputs, targets)
@@ -367,21 +374,28 @@ def evaluate(
         means = {k: np.asarray(v, np.float64) / np.asarray(weight) for k, v in sums.items()}
     else:
         batches = task.eval_data(split, batch_size)
-        if not batches:  # a synthetic task: fresh batches from the split's own key
+        if batches:
+            means = _weighted_means(program, state, batches)
+        else:  # a synthetic task: fresh batches from the split's own key
             which = {"validation": 0, "test": 1}[split]
             keys = state["eval_keys"][:, which]
             out = program.evaluate_sampled(state["params"], keys, task.data)
-            return {k: np.asarray(v) for k, v in out.items()}
-        totals, weight = {}, 0.0
-        for inputs, targets, w in batches:
-            out = program.evaluate(state["params"], jnp.asarray(inputs), jnp.asarray(targets))
-            for k, v in out.items():
-                totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64) * w
-            weight += w
-        means = {k: v / weight for k, v in totals.items()}
-    if "perplexity" in means:  # exp of the mean loss, not the mean of exps
-        means["perplexity"] = np.exp(means["loss"])
-    return means
+            means = {k: np.asarray(v) for k, v in out.items()}
+    return task.derived_metrics(means) if task.derived_metrics else means
+
+
+def _weighted_means(program: Program, state: dict, batches: list) -> dict:
+    """The weighted mean per seed of each metric over fixed ``(inputs, targets, weight)``
+    batches."""
+    totals, weight = {}, 0.0
+    for inputs, targets, w in batches:
+        out = program.evaluate(
+            state["params"], jnp.asarray(inputs), jax.tree.map(jnp.asarray, targets)
+        )
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64) * w
+        weight += w
+    return {k: v / weight for k, v in totals.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 - copy: Arjovsky, Shah & Bengio (2016), after Hochreiter & Schmidhuber (1997).
 - adding: the same sources.
 - selective_copy: Gu & Dao (2023), with the generator of Feng et al. (2024).
+- parity, mod_sum, cycle_nav: state tracking, trained on short sequences and tested on
+  long ones (Beck et al., 2024; Grazzi et al., 2024).
 - lm: language modelling over characters (TFDS tiny_shakespeare, shipped and offline; another
   TFDS text dataset; a text file; ptb_char) or words (ptb), Penn Treebank read from the data
   root. TensorFlow is imported only when an lm task is made.
@@ -14,11 +16,12 @@
 
 from __future__ import annotations
 
-from gru_research.config import TASKS
+from gru_research.config import STATE_TRACKING, TASKS
 from gru_research.tasks.adding import adding_task_batch, make_adding_task
 from gru_research.tasks.base import IGNORED_TARGET, Task, TaskConfig, require_positive_int
 from gru_research.tasks.copy import copy_task_batch, make_copy_task
 from gru_research.tasks.selective_copy import make_selective_copy_task, selective_copy_batch
+from gru_research.tasks.state_tracking import make_state_tracking_task, state_tracking_batch
 
 
 def make_task(config: TaskConfig) -> Task:
@@ -33,6 +36,8 @@ def make_task(config: TaskConfig) -> Task:
         return make_adding_task(config)
     if config.name == "selective_copy":
         return make_selective_copy_task(config)
+    if config.name in STATE_TRACKING:
+        return make_state_tracking_task(config)
     from gru_research.tasks.lm import make_lm_task  # reads data; imports TFDS lazily
 
     return make_lm_task(config)
@@ -47,4 +52,5 @@ __all__ = [
     "copy_task_batch",
     "make_task",
     "selective_copy_batch",
+    "state_tracking_batch",
 ]

@@ -26,10 +26,13 @@ class TaskConfig:
     """What a run asks for; `make_task` turns it into a `Task`.
 
     Attributes:
-        name: one of `TASKS` ("copy", "adding", "selective_copy", "lm").
+        name: one of `TASKS`.
         seq_len: copy: the delay T (inputs have length T + 20); adding: the length T;
-            selective_copy: L (inputs have length L + K); lm: the window length.
+            selective_copy: L (inputs have length L + K); lm: the window length; parity,
+            mod_sum, cycle_nav: the longest training length.
         num_tokens: selective_copy: K, the number of tokens to recall.
+        modulus: mod_sum: m; cycle_nav: the cycle's length.
+        answer: state tracking: answer at each sequence's "last" step or at "every" step.
         corpus: lm: a TFDS text dataset name (a "text" feature), default tiny_shakespeare;
             or ``ptb`` / ``ptb_char``, Penn Treebank read from ``data_dir``.
         text_file: lm: a plain UTF-8 file instead of TFDS, split 90/5/5 by characters.
@@ -44,6 +47,8 @@ class TaskConfig:
     name: str = "copy"
     seq_len: int = 100
     num_tokens: int = 16
+    modulus: int = 5
+    answer: str = "last"
     corpus: str = "tiny_shakespeare"
     text_file: str | None = None
     tfds_data_dir: str | None = None
@@ -86,6 +91,15 @@ class Task:
             synthetic tasks.
         data_source: where the data was read (a resolved path, or the TFDS dataset): recorded
             in the run folder as provenance, never part of a run's identity.
+        seq_lengths: tasks of right-padded sequences: `seq_lengths(targets) -> (B,)`, each
+            sequence's real length, passed to the model; None: every step is real.
+        eval_sample: where evaluation draws other batches than training (state tracking: the
+            longer lengths), `sample`'s signature; None: `sample`.
+        eval_metrics: where evaluation measures more than training (per length bucket),
+            `metrics`'s signature; None: `metrics`.
+        derived_metrics: `derived_metrics(means) -> means`, the metrics that are functions of
+            a split's means rather than means themselves (perplexity = exp of the mean loss;
+            the worst bucket), added after averaging; None: none.
     """
 
     name: str
@@ -104,6 +118,10 @@ class Task:
     windows_per_epoch: Callable | None = None
     eval_stream: Callable | None = None
     data_source: str | None = None
+    seq_lengths: Callable | None = None
+    eval_sample: Callable | None = None
+    eval_metrics: Callable | None = None
+    derived_metrics: Callable | None = None
 
 
 def no_eval_data(split: str, batch_size: int) -> list:

@@ -339,6 +339,11 @@ def lm_metrics(logits: jax.Array, targets: jax.Array, characters: bool) -> dict[
     return per_token_metrics(token_cross_entropy(logits, targets), characters)
 
 
+def perplexity_of_mean(means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A split's perplexity: exp of its mean loss, not the mean of per-batch perplexities."""
+    return means | {"perplexity": np.exp(means["loss"])}
+
+
 # ---------------------------------------------------------------------------- the task
 
 
@@ -434,4 +439,5 @@ def make_lm_task(config: TaskConfig) -> Task:
         windows_per_epoch=windows_per_epoch,
         eval_stream=eval_stream,
         data_source=corpus.source,
+        derived_metrics=perplexity_of_mean,
     )
