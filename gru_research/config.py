@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from gru_research.model import ModelConfig
     from gru_research.tasks import Task, TaskConfig
 
-TASKS = ("copy", "adding", "selective_copy", "lm", "parity", "mod_sum", "cycle_nav")
+TASKS = ("copy", "adding", "selective_copy", "lm", "parity", "mod_sum", "cycle_nav", "music")
 STATE_TRACKING = ("parity", "mod_sum", "cycle_nav")
 ANSWERS = ("last", "every")
+MUSIC_DATASETS = ("jsb", "nottingham", "musedata", "piano_midi")
 SCAN_KINDS = ("auto", "sequential", "parallel")
 PRECISIONS = ("float32", "bfloat16")
 BLOCKS = ("plain", "residual")
@@ -232,6 +233,11 @@ class TrainConfig:
         "lm: a TFDS text dataset (default: the shipped tiny_shakespeare, offline), or ptb "
         "(words) or ptb_char (characters) from the data root",
     )
+    dataset: str = option(
+        "jsb",
+        "music: JSB Chorales (shipped), or Nottingham, MuseData, Piano-midi from the data root",
+        MUSIC_DATASETS,
+    )
     text_file: str | None = option(None, "lm: a plain text file instead of TFDS")
     tfds_data_dir: str | None = option(None, "lm: where TFDS prepares data")
     tfds_manual_dir: str | None = option(None, "lm: the TFDS manual directory")
@@ -241,7 +247,7 @@ class TrainConfig:
         "dataset's own folder (default: $GRU_RESEARCH_DATA)",
     )
     data_checks: bool = option(
-        True, "ptb: check the files' sizes and sha256 sums (--data-checks=false: off)"
+        True, "ptb, music: check the files' sizes and sha256 sums (--data-checks=false: off)"
     )
 
     def __post_init__(self) -> None:
@@ -285,6 +291,7 @@ class TrainConfig:
             modulus=self.modulus,
             answer=self.answer,
             corpus=self.corpus,
+            dataset=self.dataset,
             text_file=self.text_file,
             tfds_data_dir=self.tfds_data_dir,
             tfds_manual_dir=self.tfds_manual_dir,
@@ -302,6 +309,9 @@ class TrainConfig:
             "recurrent_init": self.recurrent_init,
         }
         design = dataclasses.replace(design, **{k: v for k, v in options.items() if v})
+        from_length = design.diagonal_bound_from_length or design.chrono_from_length
+        if from_length and self.seq_len is None:
+            raise ValueError(f"{self.cell} sets its initialisation from --seq-len; give one")
         if design.diagonal_bound_from_length and design.diagonal_bound is None:
             design = dataclasses.replace(design, diagonal_bound=2.0 ** (1.0 / self.seq_len))
         if design.chrono_from_length and design.chrono_t_max is None:

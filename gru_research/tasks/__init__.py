@@ -9,6 +9,7 @@
 - selective_copy: Gu & Dao (2023), with the generator of Feng et al. (2024).
 - parity, mod_sum, cycle_nav: state tracking, trained on short sequences and tested on
   long ones (Beck et al., 2024; Grazzi et al., 2024).
+- music: next-frame prediction on the piano rolls of Boulanger-Lewandowski et al. (2012).
 - lm: language modelling over characters (TFDS tiny_shakespeare, shipped and offline; another
   TFDS text dataset; a text file; ptb_char) or words (ptb), Penn Treebank read from the data
   root. TensorFlow is imported only when an lm task is made.
@@ -29,7 +30,8 @@ def make_task(config: TaskConfig) -> Task:
     if config.name not in TASKS:
         raise ValueError(f"unknown task {config.name!r}; valid tasks: {', '.join(TASKS)}")
     for field in ("seq_len", "num_tokens", "eval_batches"):
-        require_positive_int(field, getattr(config, field))
+        if not (field == "seq_len" and config.name == "music"):  # music: each sequence's own
+            require_positive_int(field, getattr(config, field))
     if config.name == "copy":
         return make_copy_task(config)
     if config.name == "adding":
@@ -38,6 +40,10 @@ def make_task(config: TaskConfig) -> Task:
         return make_selective_copy_task(config)
     if config.name in STATE_TRACKING:
         return make_state_tracking_task(config)
+    if config.name == "music":
+        from gru_research.tasks.music import make_music_task  # reads data; imports scipy
+
+        return make_music_task(config)
     from gru_research.tasks.lm import make_lm_task  # reads data; imports TFDS lazily
 
     return make_lm_task(config)

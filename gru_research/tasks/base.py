@@ -6,6 +6,7 @@ A `Task` is a bundle of pure functions plus the data they need. The training loo
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,13 +36,14 @@ class TaskConfig:
         answer: state tracking: answer at each sequence's "last" step or at "every" step.
         corpus: lm: a TFDS text dataset name (a "text" feature), default tiny_shakespeare;
             or ``ptb`` / ``ptb_char``, Penn Treebank read from ``data_dir``.
+        dataset: music: jsb, nottingham, musedata or piano_midi.
         text_file: lm: a plain UTF-8 file instead of TFDS, split 90/5/5 by characters.
         tfds_data_dir: where TFDS prepares data (None: the TFDS default, ~/tensorflow_datasets).
         tfds_manual_dir: the TFDS manual dir; None with tiny_shakespeare: the packaged copy.
         eval_batches: synthetic tasks: how many fresh batches one evaluation draws.
         data_dir: the data root, one sub-folder per dataset (``ptb/``), or a dataset's own
             folder; None: ``$GRU_RESEARCH_DATA`` (:func:`dataset_folder`).
-        data_checks: ptb: check the files' sizes and sha256 sums (off for test slices).
+        data_checks: ptb, music: check the files' sizes and sha256 sums (off for test slices).
     """
 
     name: str = "copy"
@@ -50,6 +52,7 @@ class TaskConfig:
     modulus: int = 5
     answer: str = "last"
     corpus: str = "tiny_shakespeare"
+    dataset: str = "jsb"
     text_file: str | None = None
     tfds_data_dir: str | None = None
     tfds_manual_dir: str | None = None
@@ -171,3 +174,19 @@ def dataset_folder(dataset: str, data_dir: str | Path | None, marker: str) -> Pa
         )
     root = Path(root).expanduser()
     return root if (root / marker).is_file() else root / dataset
+
+
+def checked_bytes(
+    path: Path, size: int, sha256: str, dataset: str, needed: str, checks: bool
+) -> bytes:
+    """The bytes of one data file, after checking its size and sha256 (with ``checks``); a
+    missing or differing file is one error line naming it (``needed``: the dataset's files)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{dataset} file missing: {path} (need {needed})")
+    data = path.read_bytes()
+    if checks and (len(data) != size or hashlib.sha256(data).hexdigest() != sha256):
+        raise ValueError(
+            f"{dataset} file differs from the standard one: {path} ({len(data):,} bytes, "
+            f"expected {size:,} bytes with sha256 {sha256[:12]}…)"
+        )
+    return data

@@ -20,12 +20,11 @@ the checks off, for slices of the files in tests.
 from __future__ import annotations
 
 import collections
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from gru_research.tasks.base import dataset_folder
+from gru_research.tasks.base import checked_bytes, dataset_folder
 
 PTB_CORPORA = ("ptb", "ptb_char")
 EOS = "<eos>"
@@ -59,15 +58,7 @@ def read_ptb_files(data_dir: str | Path | None, checks: bool = True) -> dict[str
     folder = ptb_folder(data_dir)
     texts = {}
     for split, (name, size, sha256) in PTB_FILES.items():
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"ptb file missing: {path} (need {', '.join(_names())})")
-        data = path.read_bytes()
-        if checks and (len(data) != size or hashlib.sha256(data).hexdigest() != sha256):
-            raise ValueError(
-                f"ptb file differs from the standard one: {path} ({len(data):,} bytes, expected "
-                f"{size:,} bytes with sha256 {sha256[:12]}…)"
-            )
+        data = checked_bytes(folder / name, size, sha256, "ptb", ", ".join(_names()), checks)
         texts[split] = data.decode("utf-8")
     return texts
 

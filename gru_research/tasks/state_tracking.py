@@ -4,7 +4,8 @@ a cycle (docs/design.md §6.5).
 Each sequence is a string of tokens whose answer is a state updated token by token: the
 parity of the 1s (tokens 0 and 1), the digit sum modulo m (tokens 0 .. m − 1), or the position
 on a cycle of m places that starts at 0 and moves by token 0: +1, token 1: −1, token 2: stay.
-The answer is read at each sequence's last real step (``answer="every"``: at every step).
+Evaluation asks for the state at each sequence's last real step; training does too, or, with
+``answer="every"``, after every step (denser supervision of the same state).
 
 Training lengths are drawn per sequence from 3 to ``seq_len`` (40 by default) and the batch
 is right-padded to ``seq_len``; evaluation draws longer sequences, an equal share in each of
@@ -158,7 +159,7 @@ def make_state_tracking_task(config: TaskConfig) -> Task:
         raise ValueError(f"unknown answer {answer!r}; valid: {', '.join(ANSWERS)}")
     classes = classes_of(name, modulus)
 
-    def sampler(lengths_of: Callable, padded_length: int):
+    def sampler(lengths_of: Callable, padded_length: int, answer: str):
         def sample(data: dict, key: jax.Array, batch_size: int):
             del data
             length_key, token_key = jax.random.split(key)
@@ -178,12 +179,12 @@ def make_state_tracking_task(config: TaskConfig) -> Task:
         solved_rule=f"accuracy >= {SOLVED_ACCURACY} in every test length bucket "
         f"({', '.join(BUCKET_NAMES)})",
         data={},
-        sample=sampler(lambda k, b: train_lengths(k, b, longest), longest),
+        sample=sampler(lambda k, b: train_lengths(k, b, longest), longest, answer),
         metrics=tracking_metrics,
         is_solved=state_tracking_is_solved,
         eval_data=no_eval_data,
         seq_lengths=lambda targets: targets["lengths"],
-        eval_sample=sampler(eval_lengths, EVAL_LENGTH),
+        eval_sample=sampler(eval_lengths, EVAL_LENGTH, "last"),
         eval_metrics=bucketed_metrics,
         derived_metrics=with_worst_bucket,
     )
