@@ -7,6 +7,7 @@ The sweep file's ``report`` section says what the report holds::
       reference: gru              # the Welch t-test's reference design
       rows: cell                  # row parameters (comma-separated), default cell
       tune: {parameter: lr, on: validation, metric: loss}   # each design at its best lr
+      length_plot: [accuracy_40_64, accuracy_64_128]   # metrics per length bucket, plotted
       paper:                      # published numbers, matched on the listed config values
         - {cell: lstm, seq_len: 100, value: 0.145, source: "Fig. 1, read off the plot"}
       claims:                     # each checked on the table's means
@@ -16,7 +17,8 @@ The sweep file's ``report`` section says what the report holds::
         # other checks: below: X, above: X, below_baseline: F (mean <= F × baseline),
         # better_than: {cell: gru} (at the same column), close_to: {cell: gru, tolerance: 0.1},
         # metric: NAME (default: the first); on the validation curve: by_step: {step: 5000,
-        # below: 0.01}, leaves_baseline: {ratio: 0.97, after_step: 2000, before_step: 50000}
+        # below: 0.01}, leaves_baseline: {ratio: 0.97, after_step: 2000, before_step: 50000};
+        # a value in ``where`` may be a list: any of its values
 
 A claim holds when every table entry it selects passes its check; the report says
 "held", "not held" or "no data" and shows the numbers behind the verdict.
@@ -32,12 +34,13 @@ from gru_research.config import TrainConfig
 from gru_research.executors import IN_PROCESS
 from gru_research.reporting import claims_table, markdown_table, report_header, verdict
 from gru_research.tables import (
-    HIGHER_IS_BETTER,
     Table,
     Tuning,
+    higher_is_better,
     label,
     learning_curves,
     load_runs,
+    plot_by_length,
     to_markdown,
     tune_runs,
     write_table,
@@ -99,14 +102,14 @@ def check_claim(claim: dict, table: Table, curves: Curves | None = None) -> tupl
     selected = table.selected(claim.get("where", {}))
     if not selected:
         return verdict(None), "no finished runs match"
-    sign = -1 if table.metric in HIGHER_IS_BETTER else 1
+    sign = -1 if higher_is_better(table.metric) else 1
     results, evidence = [], []
     for row, column, entry in selected:
         name = f"{label(table.row_keys, row)} @ {label(table.column_keys, column)}"
         baseline = table.baselines.get(column)
         if kind in CURVE_CHECKS:
             steps, mean = mean_curve(curves or {}, row, column)
-            higher = table.metric in HIGHER_IS_BETTER
+            higher = higher_is_better(table.metric)
             ok, note = check_curve(kind, claim[kind], steps, mean, baseline, higher)
         elif kind == "below":
             ok, note = entry.mean <= claim["below"], f"{entry.mean:.4g} vs {claim['below']}"
@@ -207,9 +210,14 @@ def write_report(
         lines += ["", f"## The whole grid over {tuning.parameter} (descriptive)", ""]
         for table in tables:
             lines += [(out / f"table_{table.metric}_grid.md").read_text()]
+    if spec.get("length_plot"):
+        by_name = {t.metric: t for t in tables}
+        plots = plot_by_length([by_name[m] for m in spec["length_plot"]], out)
+        lines += ["", "## Test accuracy against length", ""]
+        lines += [f"![{p.name}]({p.name})" for p in plots]
     plots = sorted(p.name for p in out.glob("curves_*.png"))
     if plots:
-        lines += ["## Learning curves (validation)", ""]
+        lines += ["", "## Learning curves (validation)", ""]
         lines += [f"![{p}]({p})" for p in plots]
     if spec.get("paper"):
         rows = [

@@ -29,10 +29,21 @@ from gru_research.reporting import (
 )
 from gru_research.tracking import read_json, write_atomic
 
-HIGHER_IS_BETTER = ("accuracy",)
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies (overall, per length bucket, the worst bucket's) rise; the rest fall."""
+    return "accuracy" in metric
+
+
 IGNORED_IN_SETTINGS = ("cell", "seed", "seeds", "hidden", "wandb", *PROVENANCE_FIELDS)
 METRIC_ALIASES = {"bits_per_token": "bpc"}
-METRIC_NAMES = ("loss", "accuracy", "bits_per_token", "bpc", "perplexity")
+STATE_TRACKING_METRICS = tuple(
+    f"{m}_{b}" for m in ("loss", "accuracy") for b in ("40_64", "64_128", "128_256")
+)
+METRIC_NAMES = (
+    "loss", "accuracy", "bits_per_token", "bpc", "perplexity", "worst_accuracy",
+    *STATE_TRACKING_METRICS,
+)  # fmt: skip
 """The metrics the tasks log (each task logs some of them)."""
 TUNE_SPLITS = ("validation",)
 """A metric's older name, read where a run folder predates the new one (word-level PTB runs
@@ -127,8 +138,14 @@ class Table:
         return [
             (row, column, entry)
             for (row, column), entry in self.entries.items()
-            if entry.values and all(self.where(row, column).get(k) == v for k, v in where.items())
+            if entry.values
+            and all(_matches(self.where(row, column).get(k), v) for k, v in where.items())
         ]
+
+
+def _matches(value, wanted) -> bool:
+    """A config value against a claim's ``where`` entry: equal, or one of a list."""
+    return value in wanted if isinstance(wanted, list) else value == wanted
 
 
 def load_runs(root: str | Path) -> list[Run]:
@@ -193,7 +210,7 @@ def tune_runs(runs: list[Run], tuning: Tuning) -> tuple[list[Run], dict[Path, An
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(tuple(repr(run.config.get(k)) for k in others), []).append(run)
-    sign = -1 if tuning.metric in HIGHER_IS_BETTER else 1
+    sign = -1 if higher_is_better(tuning.metric) else 1
     kept, chosen = [], {}
     for members in groups.values():
 
@@ -277,7 +294,7 @@ def build_table(
             ref = table.entries.get(((reference, *row[1:]), column))
             if ref:
                 entry.p_value = welch_p(entry.values, ref.values)
-    sign = -1 if metric in HIGHER_IS_BETTER else 1
+    sign = -1 if higher_is_better(metric) else 1
     for column in columns:
         scored = [e for (_, col), e in table.entries.items() if col == column and e.values]
         if scored:
@@ -455,11 +472,48 @@ def plot_curves(runs: list[Run], table: Table, out_dir: Path, split: str = "vali
         ax.set_xlabel("step")
         ax.set_ylabel(f"{split} {table.metric}")
         ax.set_title(label(table.column_keys, column))
-        if table.metric not in HIGHER_IS_BETTER:
+        if not higher_is_better(table.metric):
             ax.set_yscale("log")
         ax.legend(fontsize=7)
         fig.tight_layout()
         name = "curves_" + label(table.column_keys, column).replace(" ", "_").replace("/", "_")
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_by_length(tables: list[Table], out_dir: Path) -> list[Path]:
+    """One PNG per task setting: each design's final test metric (mean over seeds, min–max
+    band) in each length bucket, one table per bucket in order of length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first, written = tables[0], []
+    buckets = [t.metric.rsplit("_", 2)[-2:] for t in tables]  # accuracy_40_64 -> 40, 64
+    ticks = [f"[{low}, {high}]" for low, high in buckets]
+    for column in first.columns:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for row in sorted(first.rows, key=_design_order):
+            entries = [t.entries.get((row, column)) for t in tables]
+            if not all(e is not None and e.values for e in entries):
+                continue
+            x = np.arange(len(entries))
+            line = ax.plot(x, [e.mean for e in entries], "o-", label=label(first.row_keys, row))
+            ax.fill_between(
+                x, [min(e.values) for e in entries], [max(e.values) for e in entries],
+                alpha=0.15, color=line[0].get_color(),
+            )  # fmt: skip
+        ax.set_xticks(np.arange(len(ticks)), ticks)
+        ax.set_xlabel("test length")
+        ax.set_ylabel(f"test {first.metric.rsplit('_', 2)[0]}")
+        ax.set_title(label(first.column_keys, column))
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = "by_length_" + label(first.column_keys, column).replace(" ", "_").replace("/", "_")
         path = out_dir / f"{name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -7,7 +7,7 @@ and returns named checks, each True (held) or False (not held). :mod:`.render` p
 from __future__ import annotations
 
 from gru_research.reporting import significantly_better
-from gru_research.tables import HIGHER_IS_BETTER
+from gru_research.tables import higher_is_better
 
 
 def parameters(rows: list[dict], design: str, other: str) -> dict[str, bool]:
@@ -39,7 +39,7 @@ def outcome(row: dict, comparison: str, names: tuple[str, str]) -> str:
     samples = row["samples"].get(comparison)
     if samples is None:
         return "no evaluation"
-    better = significantly_better(*samples, higher_is_better=row["metric"] in HIGHER_IS_BETTER)
+    better = significantly_better(*samples, higher_is_better=higher_is_better(row["metric"]))
     return {
         "a": f"{names[0]} better",
         "b": f"{names[1]} better",
