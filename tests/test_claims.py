@@ -141,6 +141,22 @@ def test_verdicts_are_decided_from_numbers():
     checks = decide.reset(rows, "gru", "gru_no_reset", effects, effect_at_most=-0.5)
     assert checks == {"gru beats gru_no_reset": True, "r falls at the boundary": False}
     assert decide.reset(rows, "gru", "gru_no_reset", effects, -0.3)["r falls at the boundary"]
+    tracking = [
+        {"task": "parity", "cell": "gru", "worst_accuracy mean": 0.99},
+        {"task": "parity", "cell": "min_gru", "worst_accuracy mean": 0.51},
+        {"task": "parity", "cell": "min_gru_signed", "worst_accuracy mean": 0.98},
+        {"task": "mod_sum", "cell": "gru", "worst_accuracy mean": 0.97},
+        {"task": "mod_sum", "cell": "min_gru_signed", "worst_accuracy mean": 0.96},
+    ]
+    linear = ["min_gru", "min_gru_signed"]
+    assert decide.state_tracking(tracking, "gru", linear, "worst_accuracy", 0.95) == {
+        "gru solves every task": True,
+        "min_gru fails a task gru solves": True,
+        "min_gru_signed fails a task gru solves": False,
+    }
+    tracking[3]["worst_accuracy mean"] = 0.9  # the GRU misses mod_sum: it solves only parity
+    checks = decide.state_tracking(tracking, "gru", linear, "worst_accuracy", 0.95)
+    assert not checks["gru solves every task"] and checks["min_gru fails a task gru solves"]
 
 
 TINY = {
@@ -190,7 +206,13 @@ TINY = {
         for name, task, cells in [
             ("vanishing", "adding", ["rnn_tanh", "gru", "lstm"]),
             ("reset_lm", "lm", ["gru", "gru_no_reset", "lstm"]),
+            ("tracking", "parity", ["gru", "min_gru"]),
         ]
+    },
+    "state_tracking": {  # source: the tracking sweep's folder, set where the output is known
+        "linear": ["min_gru"],
+        "metric": "worst_accuracy",
+        "solved_at": 0.95,
     },
 }
 
@@ -198,8 +220,9 @@ TINY = {
 @pytest.mark.slow
 def test_claims_command_writes_every_section(tmp_path):
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump(TINY))
     out = tmp_path / "out"
+    tiny = TINY | {"state_tracking": TINY["state_tracking"] | {"source": str(out / "tracking")}}
+    spec.write_text(yaml.safe_dump(tiny))
     done = subprocess.run(
         [sys.executable, "-m", "gru_research.cli", "claims", str(spec), "--out", str(out)],
         capture_output=True,
@@ -208,10 +231,11 @@ def test_claims_command_writes_every_section(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = (out / "report.md").read_text()
-    for n in range(1, 6):
+    for n in range(1, 7):
         assert f"## {n}. " in report
-    assert report.count("| **") >= 5  # five verdicts
-    for name in ("parameters", "throughput", "quality", "solved", "reset_profile"):
+    assert report.count("| **") >= 6  # six verdicts
+    names = ("parameters", "throughput", "quality", "solved", "reset_profile", "state_tracking")
+    for name in names:
         assert (out / f"{name}.csv").read_text().count("\n") >= 2
     for name in ("gradflow_init", "gradflow_trained"):
         assert (out / name / "gradflow.png").exists()

@@ -7,7 +7,12 @@ Every introduction to the GRU (Cho et al., 2014; Chung et al., 2014) says that i
 3. performs comparably to the LSTM;
 4. has gates that keep the gradient from vanishing as it does in the tanh RNN (Hochreiter,
    1991; Bengio et al., 1994);
-5. has a reset gate that lets it forget past information selectively.
+5. has a reset gate that lets it forget past information selectively;
+
+and, beyond the introductions, that
+
+6. its gates let it track state (parity, counting modulo m) that a linear recurrence cannot
+   (Grazzi et al., 2024), read from the committed state-tracking sweep.
 
 :func:`run_claims` reads an experiment file (``experiments/textbook_claims.yaml``, which names
 every design, sweep, boundary and threshold the verdicts use), trains its own sweeps, reads the
@@ -48,6 +53,7 @@ REQUIRED = {
     "solved_sources": None,
     "reset": ("compare", "without_reset", "sweeps", "lm_sweep", "boundaries", "offsets", "verdict"),
     "sweeps": None,
+    "state_tracking": ("source", "linear", "metric", "solved_at"),
 }
 
 
@@ -102,6 +108,7 @@ def run_claims(path: str | Path, out: str | Path, *, command: str, progress=prin
         quality_claim(spec, out, progress),
         vanishing_claim(spec, out, progress),
         reset_claim(spec, out, progress),
+        state_tracking_claim(spec, out),
     ]
     runs = [r for name in spec["sweeps"] for r in load_runs(out / name)]
     trained_minutes = sum(r.summary.get("wall_time_s", 0.0) for r in runs) / 60
@@ -251,6 +258,19 @@ def reset_claim(spec: dict, out: Path, progress) -> render.Section:
         rule["effect_at_most"],
     )
     return render.reset(settings, tables, summary_rows, checks)
+
+
+def state_tracking_claim(spec: dict, out: Path) -> render.Section:
+    settings, design = spec["state_tracking"], spec["design"]
+    cells = [design, *settings["linear"]]
+    rows = measure.state_tracking_rows(
+        Path(settings["source"]), cells, settings["metric"], settings.get("tune")
+    )
+    write_atomic(out / "state_tracking.csv", csv_table(rows))
+    checks = decide.state_tracking(
+        rows, design, settings["linear"], settings["metric"], settings["solved_at"]
+    )
+    return render.state_tracking(settings, rows, checks, design)
 
 
 __all__ = ["decide", "load_experiment", "measure", "render", "run_claims"]

@@ -94,3 +94,19 @@ def reset(
         "r falls at the boundary": bool(effects)
         and all(e["effect"] <= effect_at_most for e in effects),
     }
+
+
+def state_tracking(
+    rows: list[dict], design: str, linear: list[str], metric: str, solved_at: float
+) -> dict[str, bool]:
+    """``design`` solves every task (the mean ``metric`` at least ``solved_at``), and each
+    ``linear`` design fails some task that ``design`` solves."""
+    mean = {(r["task"], r["cell"]): r[f"{metric} mean"] for r in rows}
+    tasks = sorted({r["task"] for r in rows})
+    solves = {t for t in tasks if mean.get((t, design), -1.0) >= solved_at}
+    checks = {f"{design} solves every task": bool(tasks) and solves == set(tasks)}
+    for other in linear:
+        checks[f"{other} fails a task {design} solves"] = any(
+            (t, other) in mean and mean[t, other] < solved_at for t in solves
+        )
+    return checks

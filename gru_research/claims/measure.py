@@ -360,3 +360,36 @@ def reset_statistics(
                 }
             )
     return rows, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. state tracking: the worst length bucket per design and task
+
+
+def state_tracking_rows(
+    root: Path, cells: list[str], metric: str, tuning: dict | None = None
+) -> list[dict]:
+    """Per task and design: the seeds' final test ``metric`` (the tuned value's, with
+    ``tuning``), from the committed sweep under ``root``."""
+    from gru_research.tables import Tuning, build_table
+
+    runs = load_runs(root)
+    if not runs:
+        raise FileNotFoundError(f"no finished runs under {root}")
+    table = build_table(runs, metric, tuning=Tuning(**tuning) if tuning else None)
+    rows = []
+    for (row, column), entry in table.entries.items():
+        where = table.where(row, column)
+        if where["cell"] in cells and entry.values:
+            rows.append(
+                {
+                    "task": where.get("task"),
+                    "cell": where["cell"],
+                    f"{metric} mean": entry.mean,
+                    f"{metric} std": entry.std,
+                    "seeds": len(entry.values),
+                    "diverged": entry.diverged,
+                    "tuned": entry.tuned or "",
+                }
+            )
+    return sorted(rows, key=lambda r: (str(r["task"]), cells.index(r["cell"])))

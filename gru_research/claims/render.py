@@ -196,6 +196,29 @@ def reset(
     return "5. The reset gate forgets selectively", verdicts(checks), body
 
 
+def state_tracking(settings: dict, rows: list[dict], checks: dict, design: str) -> Section:
+    metric, source = settings["metric"], settings["source"]
+    body = (
+        f"The committed sweep [{Path(source).name}]({_relative(source)}/report.md): trained on "
+        "lengths 3 to 40, tested on 40 to 256. The final test "
+        f"{metric} (the lowest accuracy of the three length buckets), mean ± std over the "
+        f"seeds{', at the tuned learning rate' if settings.get('tune') else ''}; solved at "
+        f"≥ {settings['solved_at']}. A diagonal linear recurrence with decays in (0, 1) cannot "
+        "hold a parity, one with decays in (−1, 1) cannot count modulo 3 or more (Grazzi et al., "
+        f"2024); {design}'s gates make its transition depend on the state.\n\n"
+        + markdown_table(rows)
+        + "\n"
+        + "".join(f"- {name}: {bold(verdict(ok))}.\n" for name, ok in checks.items())
+    )
+    title = "6. The GRU's gates let it track state that a linear recurrence cannot"
+    return title, verdicts(checks), body
+
+
+def _relative(source: str) -> str:
+    """A committed sweep's folder as seen from the claims report beside it in results/."""
+    return "../" + Path(source).name
+
+
 def plot_reset_profile(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
