@@ -796,7 +796,7 @@ def training_loop_step(
     """The step ``gru-research train`` runs (batch sampling inside the step, the optimiser,
     the freeze of diverged seeds, per-step metrics): its compiled chunk of ``LOOP_CHUNK``
     steps, timed per step; with ``values``, of the group that trains them all with the seeds."""
-    from gru_research.train import abstract_state, build_program
+    from gru_research.train import FIRST_STEP, abstract_state, build_program
 
     every = {"log_every": LOOP_CHUNK, "eval_every": LOOP_CHUNK, "checkpoint_every": LOOP_CHUNK}
     config = dataclasses.replace(regime.config(cell, seeds), **every)
@@ -804,13 +804,15 @@ def training_loop_step(
     program = build_program(config, task, config.model_config(task), values)
     state = program.init(seed_keys(config.seed_list))
     start = time.perf_counter()
-    chunk = program.train_chunk.lower(abstract_state(program, config.seed_list), task.data)
+    chunk = program.train_chunk.lower(
+        abstract_state(program, config.seed_list), task.data, FIRST_STEP
+    )
     compiled = chunk.compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
     def run():
-        holder["state"], metrics = compiled(holder["state"], task.data)
+        holder["state"], metrics = compiled(holder["state"], task.data, jnp.int32(0))
         jax.block_until_ready(metrics)
 
     name = f"gru-research train's step ({cell}, {seeds} seed{'s' if seeds > 1 else ''}"

@@ -392,15 +392,11 @@ def gate_values(
     def complement(source: Coupled, g):  # 1 − σ(s − β) = σ(β − s)
         return jax.nn.sigmoid(source.shift - pre_act[source.gate]) if source.shift else 1.0 - g
 
-    gates = _resolve(design, learned, _same, complement)
+    gates = _resolve(design, learned, float, complement)  # a fixed gate is its constant
     if design.normalise:
         i, f = gates["i"], gates["f"]
         gates |= {"i": i / (i + f), "f": f / (i + f)}
     return gates
-
-
-def _same(value):
-    return value
 
 
 def _log_pair(value: float) -> tuple[float, float]:

@@ -231,14 +231,14 @@ def run_layer(
     if carry is None and design.update == "rg_lru":  # a fresh start is a restart at step 0
         first = jnp.zeros((batch, length), bool).at[:, 0].set(True)
         resets = first if resets is None else resets | first
-    fresh = initial_carry(params, design, (batch,))
-    state, history = split_carry(design, fresh if carry is None else carry)
+    fresh_state, fresh_history = split_carry(design, initial_carry(params, design, (batch,)))
+    state, history = (fresh_state, fresh_history) if carry is None else split_carry(design, carry)
     if design.gating == "exponential":  # a plain (c, n, m, h) tuple given by the caller
         state = ExponentialCarry(*state)
     if design.input_history:
         xs, history = inputs_over_time(params, design, xs, history, resets, seq_lengths)
     out = _run_state(
-        params, design, xs, state, split_carry(design, fresh)[0], resolve_scan(design, scan),
+        params, design, xs, state, fresh_state, resolve_scan(design, scan),
         seq_lengths, resets, h_mask, compute_dtype, remat, carry_offsets, trace,
     )  # fmt: skip
     return (out[0], join_carry(design, out[1], history), *out[2:])

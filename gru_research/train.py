@@ -187,7 +187,7 @@ class Program:
     """The jitted, seed-vmapped functions of one run (of a group: every value's seeds)."""
 
     init: Any  # seed keys -> state (seeds one after another, see model.init_population)
-    train_steps: Any  # length -> jitted (state, data) -> (state, per-step metrics)
+    train_steps: Any  # length -> jitted (state, data, first step) -> (state, per-step metrics)
     evaluate: Any  # (params, inputs, targets) -> metrics, per seed, shared batch
     evaluate_sampled: Any  # (params, keys, data) -> metrics, per seed, own batches
     evaluate_stream: Any  # (params, windows) -> weighted metric sums and weight, per seed
@@ -197,6 +197,10 @@ class Program:
     def train_chunk(self):
         """The program of one full chunk."""
         return self.train_steps(self.chunk)
+
+
+FIRST_STEP = jax.ShapeDtypeStruct((), jnp.int32)
+"""The abstract first-step argument of a compiled chunk."""
 
 
 def _finite(tree) -> jax.Array:
@@ -281,13 +285,30 @@ def build_program(
             "step": jnp.array(0),
         }
 
-    def train_step(state, data):
+    def loss_and_grads(state, hyper, data, batch_key, dropout_key, step):
+        """The step's (loss, (metrics, carries)) and gradients; a task with length buckets
+        trains on the step's bucket, one compiled branch per bucket."""
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if task.length_buckets is None:
+            inputs, targets, carries = batch(state, data, batch_key)
+            return grad_fn(state["params"], hyper, inputs, targets, carries, dropout_key)
+
+        def in_bucket(sample):
+            def branch(params):
+                inputs, targets = sample(data, batch_key, config.batch_size)
+                return grad_fn(params, hyper, inputs, targets, None, dropout_key)
+
+            return branch
+
+        branches = [in_bucket(sample) for sample in task.length_buckets.samplers]
+        return jax.lax.switch(task.length_buckets.bucket_of(step), branches, state["params"])
+
+    def train_step(state, data, global_step):
         key, batch_key = jax.random.split(jax.random.wrap_key_data(state["key"]))
         hyper = state.get("hyper", {})
-        inputs, targets, carries = batch(state, data, batch_key)
         dropout_key = jax.random.fold_in(batch_key, 1) if uses_dropout else None
-        (loss, (metrics, carries)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], hyper, inputs, targets, carries, dropout_key
+        (loss, (metrics, carries)), grads = loss_and_grads(
+            state, hyper, data, batch_key, dropout_key, global_step
         )
         step_optimizer = make_optimizer(config, hyper) if vmapped else optimizer
         updates, opt_state = step_optimizer.update(grads, state["opt_state"], state["params"])
@@ -313,10 +334,13 @@ def build_program(
 
     @cache
     def train_steps(length: int):
-        def steps(state, data):
-            return jax.lax.scan(lambda s, _: train_step(s, data), state, None, length=length)
+        def steps(state, data, first_step):
+            """``length`` steps from ``first_step``, the run's step count: shared by every
+            member (not vmapped), so what depends on it alone is the same for all seeds."""
+            global_steps = first_step + jnp.arange(length)
+            return jax.lax.scan(lambda s, t: train_step(s, data, t), state, global_steps)
 
-        return jax.jit(jax.vmap(steps, in_axes=(0, None)))
+        return jax.jit(jax.vmap(steps, in_axes=(0, None, None)))
 
     def evaluate_sampled(params, eval_key, data):
         def one(i):
@@ -726,7 +750,7 @@ def prepare(
     model = config.model_config(task)
     program = build_program(config, task, model, values)
     abstract = abstract_state(program, config.seed_list)
-    train_chunk = program.train_chunk.lower(abstract, task.data).compile()
+    train_chunk = program.train_chunk.lower(abstract, task.data, FIRST_STEP).compile()
     check_memory(train_chunk)
     return Prepared(
         config, task, model, program, train_chunk, abstract, resumed, replace, values,
@@ -928,7 +952,7 @@ def _train_locked(
     while step < end:
         length = min(run.program.chunk, config.steps - step)
         chunk = run.train_chunk if length == run.program.chunk else run.program.train_steps(length)
-        state, metrics = chunk(state, task.data)
+        state, metrics = chunk(state, task.data, jnp.int32(step))
         step += length
         window.append(jax.tree.map(lambda v: jnp.sum(v, axis=1), metrics))
         window_steps += length

@@ -94,7 +94,7 @@ def test_indrnn_bound_follows_the_length_and_holds_at_init_and_after_every_step(
     program = build_program(config, task, config.model_config(task))
     state = program.init(jnp.stack([jax.random.key(0)]))
     for _ in range(3):
-        state, _ = program.train_chunk(state, task.data)
+        state, _ = program.train_chunk(state, task.data, 0)
     diagonals = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state["params"])
                  if any(getattr(k, "key", None) == "u" for k in path)]  # fmt: skip
     assert diagonals and max(float(jnp.max(jnp.abs(d))) for d in diagonals) <= bound

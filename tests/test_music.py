@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -131,6 +132,7 @@ def test_a_missing_or_damaged_file_is_one_clear_line_and_no_run_folder(tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_short_music_run_trains_below_its_start(tmp_path):
     from gru_research.train import train
 
@@ -141,3 +143,31 @@ def test_a_short_music_run_trains_below_its_start(tmp_path):
     )  # fmt: skip
     assert summary["final"]["loss"][0] < 88 * math.log(2) / 2  # far below σ(0) on every key
     shutil.rmtree(tmp_path / "run")
+
+
+def test_training_draws_each_step_from_one_length_bucket():
+    task = make_task(TaskConfig(name="music"))
+    buckets = task.data["buckets"]
+    lengths = np.concatenate([np.asarray(b["lengths"]) for b in buckets])
+    assert sorted(lengths.tolist()) == sorted(len(s) for s in read_music("jsb")["train"])
+    for shorter, longer in zip(buckets, buckets[1:], strict=False):  # in length order
+        assert int(shorter["lengths"].max()) <= int(longer["lengths"].min())
+    assert [b["rolls"].shape[1] for b in buckets] == [int(b["lengths"].max()) for b in buckets]
+    schedule = [int(task.length_buckets.bucket_of(jnp.int32(t))) for t in range(400)]
+    assert np.bincount(schedule).min() > 70  # uniform over the four buckets
+    for index, bucket in enumerate(buckets):
+        inputs, targets = task.length_buckets.samplers[index](task.data, jax.random.key(0), 8)
+        assert inputs.shape == (8, bucket["rolls"].shape[1] - 1, 88)
+        assert np.all(np.isin(np.asarray(targets["lengths"]) + 1, np.asarray(bucket["lengths"])))
+
+
+def test_the_compiled_step_runs_one_bucket_for_every_seed():
+    """The bucket is not vmapped over the seeds, so the step keeps a conditional (a bucket per
+    seed would turn it into a select that runs every bucket)."""
+    config = TrainConfig(task="music", hidden=8, seeds=2, log_every=1, eval_every=1,
+                         checkpoint_every=1)  # fmt: skip
+    task = make_task(config.task_config())
+    program = build_program(config, task, config.model_config(task))
+    state = program.init(seed_keys(config.seed_list))
+    jaxpr = str(jax.make_jaxpr(program.train_steps(1))(state, task.data, jnp.int32(0)))
+    assert " cond[" in jaxpr

@@ -176,7 +176,7 @@ def test_a_warm_up_as_long_as_the_epochs_is_one_clear_error(ptb_slice):
 def _one_step(config, task, state=None):
     program = build_program(config, task, config.model_config(task))
     state = state if state is not None else program.init(jnp.stack([jax.random.key(0)]))
-    return program, state, program.train_chunk(state, task.data)
+    return program, state, program.train_chunk(state, task.data, 0)
 
 
 @pytest.mark.slow
@@ -206,9 +206,9 @@ def test_the_carry_crosses_windows(ptb_slice):
     task = make_task(config.task_config())
     program, state, (after_one, _) = _one_step(config, task)
     assert any(float(jnp.max(jnp.abs(c))) > 0 for c in jax.tree.leaves(after_one["carries"]))
-    _, carried = program.train_chunk(after_one, task.data)
+    _, carried = program.train_chunk(after_one, task.data, 0)
     broken = {**after_one, "carries": jax.tree.map(jnp.zeros_like, after_one["carries"])}
-    _, fresh = program.train_chunk(broken, task.data)
+    _, fresh = program.train_chunk(broken, task.data, 0)
     assert abs(float(carried["loss"][0, 0]) - float(fresh["loss"][0, 0])) > 1e-4
 
 

@@ -109,6 +109,7 @@ def test_padding_changes_no_loss(bidirectional, answer):
                                    rtol=1e-6, err_msg=name)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_short_run_logs_every_bucket(tmp_path):
     summary = train(
         TrainConfig(

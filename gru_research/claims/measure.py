@@ -172,7 +172,7 @@ def seconds_per_step(run_dirs: list[Path], rounds: int, steps_per_call: int = 5)
         holder = {"state": program.init(seed_keys(config.seed_list))}
 
         def run(program=program, holder=holder, data=task.data):
-            holder["state"], metrics = program.train_chunk(holder["state"], data)
+            holder["state"], metrics = program.train_chunk(holder["state"], data, 0)
             jax.block_until_ready(metrics)
 
         start = time.perf_counter()

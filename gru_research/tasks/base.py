@@ -62,6 +62,22 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
+class LengthBuckets:
+    """Training batches drawn from one length bucket at a time, each padded only to its own
+    longest sequence.
+
+    Attributes:
+        samplers: one `sample(data, key, batch_size)` per bucket, each of its own static shape.
+        bucket_of: `bucket_of(step) -> int32`, the bucket of a training step: a function of the
+            step alone, the same for every seed, so the compiled step runs one bucket's branch
+            (a bucket chosen per seed would run every branch under vmap).
+    """
+
+    samplers: tuple[Callable, ...]
+    bucket_of: Callable
+
+
+@dataclass(frozen=True)
 class Task:
     """A task as the training loop sees it.
 
@@ -100,6 +116,8 @@ class Task:
             longer lengths), `sample`'s signature; None: `sample`.
         eval_metrics: where evaluation measures more than training (per length bucket),
             `metrics`'s signature; None: `metrics`.
+        length_buckets: training batches from one length bucket per step (music), in place of
+            `sample`; None: every step calls `sample`.
         derived_metrics: `derived_metrics(means) -> means`, the metrics that are functions of
             a split's means rather than means themselves (perplexity = exp of the mean loss;
             the worst bucket), added after averaging; None: none.
@@ -125,6 +143,7 @@ class Task:
     eval_sample: Callable | None = None
     eval_metrics: Callable | None = None
     derived_metrics: Callable | None = None
+    length_buckets: LengthBuckets | None = None
 
 
 def no_eval_data(split: str, batch_size: int) -> list:

@@ -12,7 +12,10 @@ The model reads frames 1 .. n − 1 of a sequence and predicts frames 2 .. n, 88
 Bernoulli logits per frame. "loss" is the negative log-likelihood of the predicted frames,
 summed over the 88 keys and averaged over the frames (the convention of Bai et al.'s code):
 over a batch's real frames in training, over the whole split in evaluation. Sequences keep
-their own lengths: a batch is right-padded and the lengths reach the model. Evaluation runs
+their own lengths: a batch is right-padded and the lengths reach the model. A training step
+draws its B sequences from one of four buckets of equal size in length order, padded to that
+bucket's longest (the bucket is a function of the step, the same for every seed, so the
+compiled step runs only that bucket's branch). Evaluation runs
 every sequence of the split in full, from a fresh state, in batches of neighbours in length
 order, each padded only to a multiple of 16 frames above its longest.
 
@@ -31,10 +34,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gru_research.tasks.base import Task, TaskConfig, checked_bytes, dataset_folder
+from gru_research.tasks.base import (
+    LengthBuckets,
+    Task,
+    TaskConfig,
+    checked_bytes,
+    dataset_folder,
+)
 
 KEYS = 88
 PAD_MULTIPLE = 16
+TRAIN_BUCKETS = 4
+"""Training sequences fall in this many buckets by length; a step draws its batch from one."""
+BUCKET_SEED = 20120627
+"""The key of the bucket schedule, which depends on the step alone."""
 SPLIT_KEYS = {"train": "traindata", "validation": "validdata", "test": "testdata"}
 
 
@@ -161,17 +174,46 @@ def length_ordered_batches(
     return batches
 
 
+def length_buckets(sequences: list[np.ndarray], count: int) -> list[list[np.ndarray]]:
+    """The sequences in ``count`` buckets of (nearly) equal size, in length order."""
+    order = np.argsort([len(s) for s in sequences], kind="stable")
+    return [[sequences[i] for i in part] for part in np.array_split(order, count) if len(part)]
+
+
+def draw(bucket: dict, key: jax.Array, batch_size: int):
+    """B sequences of one bucket, drawn uniformly with replacement, as a next-frame batch."""
+    rows = jax.random.randint(key, (batch_size,), 0, bucket["lengths"].shape[0])
+    return next_frame_batch(bucket["rolls"][rows], bucket["lengths"][rows])
+
+
+def bucket_of_step(step: jax.Array, count: int) -> jax.Array:
+    """A training step's bucket: uniform over the equal-sized buckets, so every sequence is
+    drawn equally often; a function of the step alone (the same for every seed)."""
+    return jax.random.randint(jax.random.fold_in(jax.random.key(BUCKET_SEED), step), (), 0, count)
+
+
 def make_music_task(config: TaskConfig) -> Task:
     """Next-frame prediction on ``config.dataset``."""
     splits = read_music(config.dataset, config.data_dir, config.data_checks)
+    buckets = length_buckets(splits["train"], TRAIN_BUCKETS)
     longest = max(len(s) for s in splits["train"])
-    rolls, lengths = padded(splits["train"], longest)
     baseline = memoryless_nll(splits["train"], splits["test"])
     cache: dict[tuple[str, int], list] = {}
 
+    def bucket_data(sequences: list[np.ndarray]) -> dict:
+        rolls, lengths = padded(sequences, max(len(s) for s in sequences))
+        return {"rolls": jnp.asarray(rolls), "lengths": jnp.asarray(lengths)}
+
     def sample(data: dict, key: jax.Array, batch_size: int):
-        rows = jax.random.randint(key, (batch_size,), 0, data["rolls"].shape[0])
-        return next_frame_batch(data["rolls"][rows], data["lengths"][rows])
+        """Any training sequence, padded to the longest (the buckets serve training)."""
+        rolls = [jnp.pad(b["rolls"], ((0, 0), (0, longest - b["rolls"].shape[1]), (0, 0)))
+                 for b in data["buckets"]]  # fmt: skip
+        whole = {"rolls": jnp.concatenate(rolls), "lengths": jnp.concatenate(
+            [b["lengths"] for b in data["buckets"]])}  # fmt: skip
+        return draw(whole, key, batch_size)
+
+    def bucket_sampler(index: int):
+        return lambda data, key, batch_size: draw(data["buckets"][index], key, batch_size)
 
     def eval_data(split: str, batch_size: int) -> list:
         if (split, batch_size) not in cache:
@@ -185,11 +227,15 @@ def make_music_task(config: TaskConfig) -> Task:
         output_size=KEYS,
         baseline={"loss": baseline},
         solved_rule=f"test NLL per frame below the key-frequency baseline's {baseline:.3f} nats",
-        data={"rolls": jnp.asarray(rolls), "lengths": jnp.asarray(lengths)},
+        data={"buckets": [bucket_data(b) for b in buckets]},
         sample=sample,
         metrics=frame_nll,
         is_solved=lambda metrics: float(metrics["loss"]) < baseline,
         eval_data=eval_data,
         seq_lengths=lambda targets: targets["lengths"],
+        length_buckets=LengthBuckets(
+            tuple(bucket_sampler(i) for i in range(len(buckets))),
+            lambda step: bucket_of_step(step, len(buckets)),
+        ),
         data_source=str(music_path(config.dataset, config.data_dir)),
     )
