@@ -494,19 +494,23 @@ def plot_by_length(tables: list[Table], out_dir: Path) -> list[Path]:
 
     first, written = tables[0], []
     buckets = [t.metric.rsplit("_", 2)[-2:] for t in tables]  # accuracy_40_64 -> 40, 64
-    ticks = [f"[{low}, {high}]" for low, high in buckets]
+    ticks = [f"{low}–{high}" for low, high in buckets]
+    styles = ["o-", "s--", "^-.", "v:", "D-", "x--", "*-."]  # overlapping lines stay visible
     for column in first.columns:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for row in sorted(first.rows, key=_design_order):
+        for n, row in enumerate(sorted(first.rows, key=_design_order)):
             entries = [t.entries.get((row, column)) for t in tables]
             if not all(e is not None and e.values for e in entries):
                 continue
             x = np.arange(len(entries))
-            line = ax.plot(x, [e.mean for e in entries], "o-", label=label(first.row_keys, row))
+            style = styles[n % len(styles)]
+            line = ax.plot(x, [e.mean for e in entries], style, label=label(first.row_keys, row))
             ax.fill_between(
                 x, [min(e.values) for e in entries], [max(e.values) for e in entries],
                 alpha=0.15, color=line[0].get_color(),
             )  # fmt: skip
+        if (chance := first.baselines.get(column)) is not None:
+            ax.axhline(chance, color="grey", linewidth=0.8, linestyle=":", label="chance")
         ax.set_xticks(np.arange(len(ticks)), ticks)
         ax.set_xlabel("test length")
         ax.set_ylabel(f"test {first.metric.rsplit('_', 2)[0]}")
