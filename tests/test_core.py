@@ -232,12 +232,13 @@ def test_vmapped_seeds_equal_separate_calls(block):
         }
         loss = _loss(config)
         values, grads = over_seeds(jax.value_and_grad(loss))(params, batch)
+        one_seed = jax.jit(jax.value_and_grad(loss))
         for s, seed in enumerate(seeds):
             single = init_model(jax.random.key(seed), config)
             take = lambda tree, s=s: jax.tree.map(lambda v: v[s], tree)  # noqa: E731
             chex_equal = jax.tree.map(lambda a, b: np.array_equal(a, b), take(params), single)
             assert all(jax.tree.leaves(chex_equal))
-            value, grad = jax.value_and_grad(loss)(single, take(batch))
+            value, grad = one_seed(single, take(batch))
             assert abs(float(values[s]) - float(value)) <= 1e-6
             for a, b in zip(jax.tree.leaves(take(grads)), jax.tree.leaves(grad), strict=True):
                 assert float(jnp.max(jnp.abs(a - b))) <= 1e-6
