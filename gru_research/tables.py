@@ -474,14 +474,24 @@ def plot_curves(runs: list[Run], table: Table, out_dir: Path, split: str = "vali
         ax.set_title(label(table.column_keys, column))
         if not higher_is_better(table.metric):
             ax.set_yscale("log")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        name = "curves_" + label(table.column_keys, column).replace(" ", "_").replace("/", "_")
-        path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_plot(fig, ax, out_dir / _plot_name("curves", table, column)))
     return written
+
+
+def _plot_name(prefix: str, table: Table, column: tuple) -> str:
+    """``<prefix>_<task setting>.png``, the setting's label made a file name."""
+    return f"{prefix}_{label(table.column_keys, column).replace(' ', '_').replace('/', '_')}.png"
+
+
+def _save_plot(fig, ax, path: Path) -> Path:
+    """The legend, a tight layout, the PNG written and the figure closed."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_by_length(tables: list[Table], out_dir: Path) -> list[Path]:
@@ -515,13 +525,7 @@ def plot_by_length(tables: list[Table], out_dir: Path) -> list[Path]:
         ax.set_xlabel("test length")
         ax.set_ylabel(f"test {first.metric.rsplit('_', 2)[0]}")
         ax.set_title(label(first.column_keys, column))
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        name = "by_length_" + label(first.column_keys, column).replace(" ", "_").replace("/", "_")
-        path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_plot(fig, ax, out_dir / _plot_name("by_length", first, column)))
     return written
 
 
