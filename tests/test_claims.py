@@ -209,7 +209,8 @@ TINY = {
             ("tracking", "parity", ["gru", "min_gru"]),
         ]
     },
-    "state_tracking": {  # source: the tracking sweep's folder, set where the output is known
+    "state_tracking": {  # the end-to-end test points source at its own tracking sweep
+        "source": "results/state_tracking",
         "linear": ["min_gru"],
         "metric": "worst_accuracy",
         "solved_at": 0.95,
