@@ -32,7 +32,14 @@ import numpy as np
 
 from gru_research.config import TrainConfig
 from gru_research.executors import IN_PROCESS
-from gru_research.reporting import claims_table, markdown_table, report_header, verdict
+from gru_research.reporting import (
+    CHECKS,
+    CURVE_CHECKS,
+    claims_table,
+    markdown_table,
+    report_header,
+    verdict,
+)
 from gru_research.tables import (
     Table,
     Tuning,
@@ -47,11 +54,6 @@ from gru_research.tables import (
 )
 from gru_research.tracking import write_atomic
 
-CURVE_CHECKS = ("by_step", "leaves_baseline")
-CHECKS = (
-    "below", "above", "within_baseline", "below_baseline", "better_than", "close_to",
-    *CURVE_CHECKS,
-)  # fmt: skip
 Curves = dict[tuple, dict[tuple, tuple[np.ndarray, np.ndarray]]]
 
 

@@ -63,6 +63,12 @@ def significantly_better(
 # ---------------------------------------------------------------------------------------------
 # verdicts
 
+CURVE_CHECKS = ("by_step", "leaves_baseline")  # read a validation curve, not the final table
+CHECKS = (
+    "below", "above", "within_baseline", "below_baseline", "better_than", "close_to",
+    *CURVE_CHECKS,
+)  # fmt: skip
+
 
 def verdict(ok: bool | None) -> Verdict:
     """A check's outcome in words: True held, False not held, None no data."""

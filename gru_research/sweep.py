@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from gru_research.config import VMAPPABLE, TrainConfig, check_values, value_grid, value_name
-from gru_research.reporting import format_mean_std
+from gru_research.reporting import CHECKS, format_mean_std
 from gru_research.tables import tuning_problem
 from gru_research.tracking import check_output_folder, write_atomic
 
@@ -167,6 +167,38 @@ def report_problem(sweep: dict) -> str | None:
     if reference is not None and rows is not None and reference not in rows:
         valid = ", ".join(map(str, rows))
         return f"reference {reference!r} is not a {row} of the sweep; valid: {valid}"
+    for entry in report.get("paper", []):
+        where = {k: v for k, v in entry.items() if k not in ("value", "metric", "source")}
+        if problem := where_problem(where, sweep["parameters"]):
+            return f"paper entry {entry.get('source', where)!r}: {problem}"
+    for claim in report.get("claims", []):
+        text = claim.get("text", claim)
+        if not any(check in claim for check in CHECKS):
+            return f"claim {text!r} has no check; valid checks: {', '.join(CHECKS)}"
+        against = claim.get("better_than", claim.get("close_to", {}))
+        for where in (
+            claim.get("where", {}),
+            {k: v for k, v in against.items() if k != "tolerance"},
+        ):
+            if problem := where_problem(where, sweep["parameters"]):
+                return f"claim {text!r}: {problem}"
+    return None
+
+
+def where_problem(where: dict, parameters: dict) -> str | None:
+    """What is wrong with a claim's or a paper number's ``where`` (a parameter the sweep does not
+    have, a value it never takes), or None: a typo there would leave the claim without data."""
+    for name, wanted in where.items():
+        if name not in parameters:
+            return f"{name!r} is not a parameter of the sweep; valid: {', '.join(parameters)}"
+        spec = parameters[name]
+        grid = spec.get("values", [spec["value"]] if "value" in spec else None)
+        if grid is None:  # a random sweep's distribution: any value may come
+            continue
+        missing = [v for v in (wanted if isinstance(wanted, list) else [wanted]) if v not in grid]
+        if missing:
+            valid = ", ".join(map(str, grid))
+            return f"{name} {missing[0]!r} is not in the sweep; valid: {valid}"
     return None
 
 

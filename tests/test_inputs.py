@@ -306,6 +306,26 @@ def test_a_sweep_whose_first_point_fails_to_start_leaves_no_folder(tmp_path, mon
             "reference 'mgu' is not a cell of the sweep; valid: gru, lstm",
         ),
         (
+            {"cell": {"values": ["gru", "lstm"]}},
+            {"report": {"claims": [{"text": "c", "where": {"cell": "gru"}, "beats": {}}]}},
+            "claim 'c' has no check; valid checks: below, above,",
+        ),
+        (
+            {"cell": {"values": ["gru", "lstm"]}},
+            {"report": {"claims": [{"text": "c", "where": {"cell": ["gru", "mgu"]}, "above": 0}]}},
+            "claim 'c': cell 'mgu' is not in the sweep; valid: gru, lstm",
+        ),
+        (
+            {"cell": {"values": ["gru", "lstm"]}},
+            {"report": {"claims": [{"text": "c", "better_than": {"dataset": "jsb"}}]}},
+            "claim 'c': 'dataset' is not a parameter of the sweep; valid: ",
+        ),
+        (
+            {"cell": {"values": ["gru", "lstm"]}},
+            {"report": {"paper": [{"cell": "mgu", "value": 1.0, "source": "Table 1"}]}},
+            "paper entry 'Table 1': cell 'mgu' is not in the sweep; valid: gru, lstm",
+        ),
+        (
             {"lr": {"distribution": "log_uniform_values", "min": 0, "max": 1}},
             {"method": "random", "runs": 2},
             "log_uniform_values needs min > 0",

@@ -15,7 +15,7 @@ from scipy import stats
 from small_runs import small_run, sweep_parameters
 
 from gru_research.report import write_report
-from gru_research.sweep import expand, export_wandb, load_sweep, run_sweep
+from gru_research.sweep import expand, export_wandb, load_sweep, run_sweep, sweep_points
 from gru_research.tables import build_table, load_runs, to_csv, to_markdown, write_table
 from gru_research.tracking import offline_run_files, read_offline_history
 
@@ -276,3 +276,18 @@ def test_report_checks_claims_on_the_table(tmp_path):
     verdicts = [line.split("|")[2].strip() for line in claims if line.startswith("| ")]
     assert verdicts == ["**held**", "**held**", "**not held**", "**no data**", "**not held**"]
     assert "git commit" in text and "wall time" in text and "![curves_" in text
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(EXPERIMENTS.glob("*.yaml")) if p.name != "textbook_claims.yaml"],
+    ids=lambda p: p.stem,
+)
+def test_every_shipped_experiment_file_is_a_valid_sweep(path):
+    """Each point builds a config, and each claim and paper number names the sweep's own
+    parameters and values (the claims file is checked by its own loader)."""
+    sweep = load_sweep(path)
+    assert sweep_points(sweep, path)
