@@ -16,6 +16,7 @@ The sweep file's ``report`` section says what the report holds::
           within_baseline: 0.05   # |mean / baseline − 1| <= 0.05
         # other checks: below: X, above: X, below_baseline: F (mean <= F × baseline),
         # better_than: {cell: gru} (at the same column), close_to: {cell: gru, tolerance: 0.1},
+        # no_worse_than: {cell: gru, tolerance: 0.1} (better, or worse by at most 0.1),
         # metric: NAME (default: the first); on the validation curve: by_step: {step: 5000,
         # below: 0.01}, leaves_baseline: {ratio: 0.97, after_step: 2000, before_step: 50000};
         # a value in ``where`` may be a list: any of its values
@@ -133,6 +134,9 @@ def check_claim(claim: dict, table: Table, curves: Curves | None = None) -> tupl
                 ok, note = False, f"no runs of {label(table.row_keys, other_row)}"
             elif kind == "better_than":
                 ok = sign * entry.mean < sign * other.mean
+                note = f"{entry.mean:.4g} vs {other.mean:.4g}"
+            elif kind == "no_worse_than":
+                ok = sign * (entry.mean - other.mean) <= against["tolerance"]
                 note = f"{entry.mean:.4g} vs {other.mean:.4g}"
             else:
                 ok = abs(entry.mean - other.mean) <= against["tolerance"]

@@ -64,9 +64,9 @@ def significantly_better(
 # verdicts
 
 CURVE_CHECKS = ("by_step", "leaves_baseline")  # read a validation curve, not the final table
+PAIRWISE_CHECKS = ("better_than", "close_to", "no_worse_than")  # against another entry
 CHECKS = (
-    "below", "above", "within_baseline", "below_baseline", "better_than", "close_to",
-    *CURVE_CHECKS,
+    "below", "above", "within_baseline", "below_baseline", *PAIRWISE_CHECKS, *CURVE_CHECKS,
 )  # fmt: skip
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from gru_research.config import VMAPPABLE, TrainConfig, check_values, value_grid, value_name
-from gru_research.reporting import CHECKS, format_mean_std
+from gru_research.reporting import CHECKS, PAIRWISE_CHECKS, format_mean_std
 from gru_research.tables import tuning_problem
 from gru_research.tracking import check_output_folder, write_atomic
 
@@ -175,7 +175,7 @@ def report_problem(sweep: dict) -> str | None:
         text = claim.get("text", claim)
         if not any(check in claim for check in CHECKS):
             return f"claim {text!r} has no check; valid checks: {', '.join(CHECKS)}"
-        against = claim.get("better_than", claim.get("close_to", {}))
+        against = next((claim[k] for k in PAIRWISE_CHECKS if k in claim), {})
         for where in (
             claim.get("where", {}),
             {k: v for k, v in against.items() if k != "tolerance"},

@@ -267,6 +267,16 @@ def test_report_checks_claims_on_the_table(tmp_path):
                     "where": {"cell": "gru"},
                     "close_to": {"cell": "rnn_tanh", "tolerance": 0.1},
                 },
+                {
+                    "text": "gru no worse than tanh",  # better by far: held
+                    "where": {"cell": "gru"},
+                    "no_worse_than": {"cell": "rnn_tanh", "tolerance": 0.1},
+                },
+                {
+                    "text": "tanh no worse than gru",
+                    "where": {"cell": "rnn_tanh"},
+                    "no_worse_than": {"cell": "gru", "tolerance": 0.1},
+                },
             ],
         },
     }
@@ -274,7 +284,10 @@ def test_report_checks_claims_on_the_table(tmp_path):
     text = report.read_text()
     claims = text.split("## Claims at this scale", 1)[1].splitlines()[4:]
     verdicts = [line.split("|")[2].strip() for line in claims if line.startswith("| ")]
-    assert verdicts == ["**held**", "**held**", "**not held**", "**no data**", "**not held**"]
+    assert verdicts == [
+        *["**held**", "**held**", "**not held**", "**no data**", "**not held**"],
+        *["**held**", "**not held**"],
+    ]
     assert "git commit" in text and "wall time" in text and "![curves_" in text
 
 
