@@ -27,6 +27,7 @@ A claim holds when every table entry it selects passes its check; the report say
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ from gru_research.tables import (
     tune_runs,
     write_table,
 )
-from gru_research.tracking import write_atomic
+from gru_research.tracking import read_json, write_atomic
 
 Curves = dict[tuple, dict[tuple, tuple[np.ndarray, np.ndarray]]]
 
@@ -146,6 +147,17 @@ def check_claim(claim: dict, table: Table, curves: Curves | None = None) -> tupl
     return verdict(all(results)), "; ".join(evidence)
 
 
+def training_commits(runs: list) -> str:
+    """Each commit that trained some of ``runs`` (every attempt of a resumed run counted), with
+    how many runs it trained: more than one means the run folders span commits."""
+    counts: Counter[str] = Counter()
+    for run in runs:
+        saved = read_json(run.folder / "config.json")
+        attempts = {a["git_commit"] for a in saved.get("attempts", [])}
+        counts.update(str(c)[:12] for c in attempts or {saved.get("git_commit") or "unrecorded"})
+    return ", ".join(f"`{commit}` ({n} runs)" for commit, n in sorted(counts.items()))
+
+
 def sizes_line(parameters: dict) -> str:
     """Whether the designs were compared at equal parameter counts or at equal hidden sizes."""
 
@@ -203,6 +215,7 @@ def write_report(
         f"{sum(t.total_seconds for t in tables[:1]) / 60:.1f} min of training summed over its "
         "points (each point's own run, resumed parts included)",
         f"points run: {points_run}",
+        f"commits that trained the runs: {training_commits(load_runs(out))}",
         f"seeds per point: {sweep.get('seeds', 1)} (vmapped)",
         sizes_line(sweep["parameters"]),
         f"varied: {', '.join(f'{k} ∈ {v}' for k, v in varied.items())}",

@@ -795,6 +795,18 @@ def write_group_config(run: Prepared, run_dir: Path) -> None:
     )
 
 
+def record_attempt(config_path: Path, from_step: int) -> None:
+    """Add this attempt to a ``config.json``'s ``attempts``: the commit and the date it ran
+    under and the step it started from, so a run resumed across commits names every one."""
+    saved = read_json(config_path)
+    attempt = {
+        "git_commit": git_commit(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "from_step": from_step,
+    }
+    write_json(config_path, saved | {"attempts": [*saved.get("attempts", []), attempt]})
+
+
 def _records(step: int, seeds: list[int], split: str, metrics: dict, extra=None) -> list[dict]:
     records = []
     for s, seed in enumerate(seeds):
@@ -905,6 +917,9 @@ def _train_locked(
         for outlet in run.outlets:
             outlet.run_dir.mkdir(parents=True, exist_ok=True)
             write_run_config(run, outlet, state)
+    configs = [outlet.run_dir / "config.json" for outlet in run.outlets]
+    for path in configs + [run_dir / "config.json"] if run.values else configs:
+        record_attempt(path, start)
     files, trackers = [], []
     for outlet in run.outlets:
         metrics_file = MetricsFile(outlet.run_dir / "metrics.jsonl")

@@ -289,6 +289,7 @@ def test_report_checks_claims_on_the_table(tmp_path):
         *["**held**", "**not held**"],
     ]
     assert "git commit" in text and "wall time" in text and "![curves_" in text
+    assert "commits that trained the runs: `unrecorded` (2 runs)" in text  # fake runs: no commit
 
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

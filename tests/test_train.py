@@ -103,6 +103,9 @@ def test_an_error_mid_training_keeps_the_run_folder_and_resumes(tmp_path, monkey
     assert max(r["step"] for r in read_metrics(run) if r["split"] == "validation") == 10
     monkeypatch.setattr(train_module, "evaluate", evaluate)
     resumed = train(config, run, wandb_mode="disabled")
+    attempts = json.loads((run / "config.json").read_text())["attempts"]
+    assert [a["from_step"] for a in attempts] == [0, 10]  # each attempt and its commit
+    assert all("git_commit" in a and a["date"].endswith("UTC") for a in attempts)
     whole = train(config, tmp_path / "whole", wandb_mode="disabled")
     for name, values in whole["final"].items():
         np.testing.assert_allclose(resumed["final"][name], values, rtol=1e-5, atol=1e-7)
