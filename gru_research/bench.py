@@ -499,14 +499,10 @@ class Regime:
 
     def config(self, cell: str, seeds: int = 1):
         """The TrainConfig of ``cell`` in this regime, with ``seeds`` seeds."""
-        from gru_research.model import model_param_count
-
         if cell in self.hidden or self.sized_like is None:
             size = {"hidden": self.hidden.get(cell, self.base.hidden)}
         else:
-            anchor = self.config(self.sized_like)
-            budget = model_param_count(anchor.model_config(regime_task(anchor)))
-            size = {"param_budget": budget}
+            size = {"hidden": self.hidden[self.sized_like], "size_like": self.sized_like}
         return dataclasses.replace(self.base, cell=cell, seeds=seeds, **size)
 
 

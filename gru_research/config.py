@@ -132,6 +132,12 @@ class TrainConfig:
         "size every design to the largest hidden size within this many parameters",
         domain=POSITIVE_INT,
     )
+    size_like: str | None = option(
+        None,
+        "size the design to the largest hidden size within the parameters of this design at "
+        "--hidden (Arjovsky et al.'s copy: every design at the LSTM 40's count)",
+        tuple(PRESETS),
+    )
     one_hot: bool = option(
         False, "token tasks: tokens enter the gates one-hot, no embedding (the uRNN code's copy)"
     )
@@ -266,6 +272,8 @@ class TrainConfig:
             raise ValueError(
                 f"warmup_steps must be below steps ({self.steps}), got {self.warmup_steps}"
             )
+        if self.size_like is not None and self.param_budget is not None:
+            raise ValueError("give param_budget or size_like, not both")
         if self.stateful and self.task != "lm":
             raise ValueError("stateful training (carried state across windows) needs --task lm")
         if self.epochs is not None and not self.stateful:
@@ -325,12 +333,13 @@ class TrainConfig:
         return design
 
     def model_config(self, task: Task) -> ModelConfig:
-        """The model; with ``param_budget``, the largest hidden size within that budget."""
+        """The model; with ``param_budget``, the largest hidden size within that budget; with
+        ``size_like``, within the parameter count of that design at ``hidden``."""
         from gru_research.model import ModelConfig, model_param_count
 
-        def config(hidden: int) -> ModelConfig:
+        def config(hidden: int, design: GateDesign | None = None) -> ModelConfig:
             return ModelConfig(
-                cell=self.design(),
+                cell=design or self.design(),
                 input_size=task.input_size,
                 vocab_size=task.vocab_size,
                 hidden_size=hidden,
@@ -346,18 +355,18 @@ class TrainConfig:
                 one_hot=self.one_hot,
             )
 
-        if self.param_budget is None:
+        budget = self.param_budget
+        if self.size_like is not None:
+            anchor = dataclasses.replace(self, cell=self.size_like, size_like=None).design()
+            budget = model_param_count(config(self.hidden, anchor))
+        if budget is None:
             return config(self.hidden)
         low, high = 1, 4096  # the count grows with the hidden size: bisect
-        if model_param_count(config(low)) > self.param_budget:
-            raise ValueError(f"param_budget {self.param_budget} is below the smallest model")
+        if model_param_count(config(low)) > budget:
+            raise ValueError(f"param_budget {budget} is below the smallest model")
         while low < high:
             mid = (low + high + 1) // 2
-            low, high = (
-                (mid, high)
-                if model_param_count(config(mid)) <= self.param_budget
-                else (low, mid - 1)
-            )
+            low, high = (mid, high) if model_param_count(config(mid)) <= budget else (low, mid - 1)
         return config(low)
 
 

@@ -158,22 +158,33 @@ def training_commits(runs: list) -> str:
     return ", ".join(f"`{commit}` ({n} runs)" for commit, n in sorted(counts.items()))
 
 
-def sizes_line(parameters: dict) -> str:
-    """Whether the designs were compared at equal parameter counts or at equal hidden sizes."""
+def sizes_line(sweep: dict) -> str:
+    """Whether the designs were compared at equal parameter counts or at equal hidden sizes,
+    and the designs with settings of their own (``per_cell``)."""
 
     def given(name: str):
-        spec = parameters.get(name, {})
+        spec = sweep["parameters"].get(name, {})
         return spec.get("values", spec.get("value"))
 
+    hidden = given("hidden")
+    hidden = TrainConfig().hidden if hidden is None else hidden
     if (budget := given("param_budget")) is not None:
-        return (
+        line = (
             "sizes: parameter-matched, each design at the largest hidden size within "
             f"param_budget = {budget}"
         )
-    hidden = given("hidden")
-    return (
-        f"sizes: equal hidden sizes, hidden = {TrainConfig().hidden if hidden is None else hidden}"
-    )
+    elif (anchor := given("size_like")) is not None:
+        line = (
+            "sizes: parameter-matched, each design at the largest hidden size within the "
+            f"parameters of {anchor} at hidden = {hidden}"
+        )
+    else:
+        line = f"sizes: equal hidden sizes, hidden = {hidden}"
+    own = [
+        f"{cell} " + ", ".join(f"{k}={v}" for k, v in settings.items())
+        for cell, settings in sweep.get("per_cell", {}).items()
+    ]
+    return line + (f"; per cell: {'; '.join(own)}" if own else "")
 
 
 def write_report(
@@ -217,7 +228,7 @@ def write_report(
         f"points run: {points_run}",
         f"commits that trained the runs: {training_commits(load_runs(out))}",
         f"seeds per point: {sweep.get('seeds', 1)} (vmapped)",
-        sizes_line(sweep["parameters"]),
+        sizes_line(sweep),
         f"varied: {', '.join(f'{k} ∈ {v}' for k, v in varied.items())}",
         f"fixed: {', '.join(f'{k}={v}' for k, v in fixed.items())}",
     )

@@ -9,6 +9,9 @@ A sweep file is a W&B sweep configuration (``method``, ``metric``, ``parameters`
   that differ only in them form one group, ``OUT/runs/<group>``, each value a run folder of
   its own under ``values/``); the export gives them to ``wandb agent`` as plain values;
 * ``runs``: how many points a ``random`` sweep draws (default 10);
+* ``per_cell``: settings of one design over the grid's, ``{cell: {parameter: value}}`` (the
+  papers' own sizes: ``rnn_tanh: {hidden: 80}`` beside ``size_like: lstm``); a W&B sweep has
+  no conditional parameters, so a file with it is not exported;
 * ``report``: how the table is made (``metrics``, ``rows``, ``reference``) and the
   ``paper`` numbers and claims set beside ours.
 
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
 
 SWEEP_METHODS = ("grid", "random")
 DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "log_uniform_values")
-LOCAL_KEYS = ("seeds", "runs", "report", "description", "vmap")
+LOCAL_KEYS = ("seeds", "runs", "report", "description", "vmap", "per_cell")
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -101,6 +104,8 @@ def check_sweep(sweep: Any, path: str | Path) -> dict:
             raise ValueError(f"{path}: parameter {name!r}: {problem}")
     if (problem := vmap_list_problem(sweep)) is not None:
         raise ValueError(f"{path}: vmap: {problem}")
+    if (problem := per_cell_problem(sweep)) is not None:
+        raise ValueError(f"{path}: per_cell: {problem}")
     if (problem := report_problem(sweep)) is not None:
         raise ValueError(f"{path}: report: {problem}")
     runs = sweep.get("runs", 10)
@@ -150,6 +155,28 @@ def vmap_list_problem(sweep: dict) -> str | None:
             return f"{name!r} must be a parameter of the sweep given by 'values'"
     if len(set(names)) < len(names):
         return f"names a parameter twice: {names}"
+    return None
+
+
+def per_cell_problem(sweep: dict) -> str | None:
+    """What is wrong with a sweep's ``per_cell`` settings, or None: each key a cell of the
+    sweep, each value a mapping of parameters that are neither the cell nor vmapped."""
+    per_cell = sweep.get("per_cell", {})
+    if not isinstance(per_cell, dict):
+        return f"must be a mapping of cell to settings, got {per_cell!r}"
+    spec = sweep["parameters"].get("cell", {})
+    cells = spec.get("values", [spec["value"]] if "value" in spec else [])
+    for cell, settings in per_cell.items():
+        if cell not in cells:
+            return f"{cell!r} is not a cell of the sweep; valid: {', '.join(map(str, cells))}"
+        if not isinstance(settings, dict):
+            return f"{cell}: needs a mapping of parameter to value, got {settings!r}"
+        if unknown := sorted(set(settings) - CONFIG_FIELDS):
+            return (
+                f"{cell}: unknown parameters {unknown}; valid: {', '.join(sorted(CONFIG_FIELDS))}"
+            )
+        if fixed := [n for n in settings if n in ("cell", "seed", "seeds", *sweep.get("vmap", []))]:
+            return f"{cell}: {fixed[0]!r} cannot be set per cell"
     return None
 
 
@@ -234,19 +261,22 @@ def _sample(spec: dict, rng: random.Random) -> Any:
 
 
 def expand(sweep: dict) -> list[dict]:
-    """The points of a sweep: the grid's cartesian product in file order, or N random draws."""
-    params = sweep["parameters"]
+    """The points of a sweep: the grid's cartesian product in file order, or N random draws,
+    each with its cell's ``per_cell`` settings over them."""
+    params, per_cell = sweep["parameters"], sweep.get("per_cell", {})
     if sweep.get("method", "grid") == "grid":
         axes = [
             [(name, v) for v in spec["values"]] if "values" in spec else [(name, spec["value"])]
             for name, spec in params.items()
         ]
-        return [dict(point) for point in itertools.product(*axes)]
-    rng = random.Random(sweep.get("random_seed", 0))
-    return [
-        {name: _sample(spec, rng) for name, spec in params.items()}
-        for _ in range(sweep.get("runs", 10))
-    ]
+        points = [dict(point) for point in itertools.product(*axes)]
+    else:
+        rng = random.Random(sweep.get("random_seed", 0))
+        points = [
+            {name: _sample(spec, rng) for name, spec in params.items()}
+            for _ in range(sweep.get("runs", 10))
+        ]
+    return [{**point, **per_cell.get(point.get("cell"), {})} for point in points]
 
 
 def point_name(point: dict, sweep: dict) -> str:
@@ -441,6 +471,11 @@ def export_wandb(path: str | Path, target: str | Path) -> dict:
     and a ``command`` that runs ``gru-research train`` with the agent's ``--name=value`` args.
     """
     sweep = load_sweep(path)
+    if "per_cell" in sweep:
+        raise ValueError(
+            f"{path}: per_cell settings have no W&B form (its sweeps have no conditional "
+            "parameters); export a sweep file per cell instead"
+        )
     exported = {k: v for k, v in sweep.items() if k not in LOCAL_KEYS}
     exported["name"] = sweep.get("name", Path(path).stem)
     exported["parameters"] = {**sweep["parameters"], "seeds": {"value": sweep.get("seeds", 1)}}

@@ -1,5 +1,6 @@
 """Sweeps (expand, resume, W&B export) and tables (statistics on runs of known values)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -14,9 +15,12 @@ import yaml
 from scipy import stats
 from small_runs import small_run, sweep_parameters
 
+from gru_research.config import TrainConfig
+from gru_research.model import model_param_count
 from gru_research.report import write_report
 from gru_research.sweep import expand, export_wandb, load_sweep, run_sweep, sweep_points
 from gru_research.tables import build_table, load_runs, to_csv, to_markdown, write_table
+from gru_research.tasks import make_task
 from gru_research.tracking import offline_run_files, read_offline_history
 
 TINY = sweep_parameters(small_run(seq_len=8, steps=10, eval_batches=1))
@@ -77,6 +81,58 @@ def test_random_sweep_draws_n_points_within_the_distributions(tmp_path):
 def test_bad_sweep_files_are_one_line(tmp_path, parameters, message):
     with pytest.raises(ValueError, match=message):
         load_sweep(write_sweep(tmp_path / "s.yaml", parameters))
+
+
+PAPER_SIZES = {
+    "task": {"value": "copy"},
+    "one_hot": {"value": True},
+    "cell": {"values": ["rnn_tanh", "lstm", "gru", "mgu"]},
+    "hidden": {"value": 40},
+    "size_like": {"value": "lstm"},
+}
+
+
+def test_per_cell_settings_give_each_design_the_papers_size(tmp_path):
+    # Arjovsky et al.'s copy: tanh RNN 80 and LSTM 40 units, the others at the LSTM's count
+    per_cell = {"rnn_tanh": {"hidden": 80, "size_like": None}}
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml", PAPER_SIZES, per_cell=per_cell))
+    points = expand(sweep)
+    assert points[0] == {**points[1], "cell": "rnn_tanh", "hidden": 80, "size_like": None}
+    sizes = {
+        name: cfg.model_config(make_task(cfg.task_config()))
+        for name, cfg, _ in sweep_points(sweep, tmp_path / "s.yaml")
+    }
+    hidden = {name: model.hidden_size for name, model in sizes.items()}
+    assert hidden == {"cell=rnn_tanh": 80, "cell=lstm": 40, "cell=gru": 46, "cell=mgu": 57}
+    lstm = model_param_count(sizes["cell=lstm"])
+    for name in ("cell=gru", "cell=mgu"):
+        model = sizes[name]
+        assert model_param_count(model) <= lstm
+        wider = dataclasses.replace(model, hidden_size=model.hidden_size + 1)
+        assert model_param_count(wider) > lstm
+    with pytest.raises(ValueError, match="per_cell settings have no W&B form"):
+        export_wandb(tmp_path / "s.yaml", tmp_path / "wandb.yaml")
+    assert not (tmp_path / "wandb.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "per_cell, message",
+    [
+        ({"slstm": {"hidden": 8}}, "per_cell: 'slstm' is not a cell of the sweep; valid: rnn_"),
+        ({"lstm": {"colour": 1}}, "per_cell: lstm: unknown parameters"),
+        ({"lstm": {"lr": 0.1}}, "per_cell: lstm: 'lr' cannot be set per cell"),
+        ({"lstm": 40}, "per_cell: lstm: needs a mapping"),
+    ],
+)
+def test_bad_per_cell_settings_are_one_line(tmp_path, per_cell, message):
+    parameters = {**PAPER_SIZES, "lr": {"values": [0.1, 0.01]}}
+    with pytest.raises(ValueError, match=message):
+        load_sweep(write_sweep(tmp_path / "s.yaml", parameters, per_cell=per_cell, vmap=["lr"]))
+
+
+def test_size_like_and_a_parameter_budget_are_refused_together():
+    with pytest.raises(ValueError, match="give param_budget or size_like, not both"):
+        TrainConfig(size_like="lstm", param_budget=5000)
 
 
 @pytest.mark.slow

@@ -235,9 +235,17 @@ def test_the_report_checks_curve_claims_on_the_tuned_runs(tmp_path):
 
 
 def test_a_report_says_whether_sizes_were_matched_by_parameters():
-    budget = sizes_line({"param_budget": {"value": 6500}, "hidden": {"value": 40}})
+    def line(parameters: dict, **rest) -> str:
+        return sizes_line({"parameters": parameters, **rest})
+
+    budget = line({"param_budget": {"value": 6500}, "hidden": {"value": 40}})
     assert budget.startswith("sizes: parameter-matched") and budget.endswith("= 6500")
-    assert (
-        sizes_line({"hidden": {"values": [32, 64]}})
-        == "sizes: equal hidden sizes, hidden = [32, 64]"
+    assert line({"hidden": {"values": [32, 64]}}) == "sizes: equal hidden sizes, hidden = [32, 64]"
+    papers = line(
+        {"size_like": {"value": "lstm"}, "hidden": {"value": 40}},
+        per_cell={"rnn_tanh": {"hidden": 80, "size_like": None}},
+    )
+    assert papers == (
+        "sizes: parameter-matched, each design at the largest hidden size within the "
+        "parameters of lstm at hidden = 40; per cell: rnn_tanh hidden=80, size_like=None"
     )
