@@ -28,6 +28,7 @@ A claim holds when every table entry it selects passes its check; the report say
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,75 @@ def check_curve(
     first = int(steps[np.argmax(left)])
     ok = spec.get("after_step", -1) < first < spec.get("before_step", float("inf"))
     return ok, f"leaves {spec['ratio']}× baseline at step {first}"
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Whether one entry's mean validation curve has flattened by its last record.
+
+    Converged: over the last 20 % of the records (from the record at 80 % of the way to the
+    last) the mean over seeds improves by less than the tolerance, max(1 % of the final value,
+    the seeds' standard deviation at the last record). ``flat_from``: the first step from which
+    every record stays within the tolerance of the final value.
+    """
+
+    steps: int
+    improvement: float
+    tolerance: float
+    flat_from: int
+
+    @property
+    def converged(self) -> bool:
+        return self.improvement < self.tolerance
+
+
+def convergence(steps: np.ndarray, grid: np.ndarray, higher: bool) -> Convergence | None:
+    """The :class:`Convergence` of one entry's curve (``grid``: seeds × records), or None with
+    fewer than 5 records."""
+    mean = np.nanmean(grid, axis=0)
+    if len(steps) < 5:
+        return None
+    sign = -1.0 if higher else 1.0
+    start = round(0.8 * (len(steps) - 1))
+    spread = float(np.nanstd(grid[:, -1], ddof=1)) if grid.shape[0] > 1 else 0.0
+    tolerance = max(0.01 * abs(float(mean[-1])), 0.0 if np.isnan(spread) else spread)
+    outside = np.flatnonzero(np.abs(mean - mean[-1]) > tolerance)
+    flat = int(steps[outside[-1] + 1]) if outside.size else int(steps[0])
+    improvement = sign * float(mean[start] - mean[-1])
+    return Convergence(int(steps[-1]), improvement, tolerance, flat)
+
+
+def convergence_section(table: Table, curves: Curves) -> list[str]:
+    """The report's convergence rows, one per entry of ``table`` with a validation curve."""
+    rows = []
+    for (row, column), _ in sorted(table.entries.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        steps, grid = curves.get(column, {}).get(row, (np.zeros(0), np.zeros((0, 0))))
+        found = convergence(steps, grid, higher_is_better(table.metric)) if grid.size else None
+        if found is None:
+            continue
+        rows.append(
+            {
+                "entry": f"{label(table.row_keys, row)} @ {label(table.column_keys, column)}",
+                "steps": found.steps,
+                "last 20 %: improvement": found.improvement,
+                "tolerance": found.tolerance,
+                "converged": "yes" if found.converged else "**no** (stopped at the step cap)",
+                "flat from step": found.flat_from,
+            }
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        f"## Convergence (validation {table.metric})",
+        "",
+        "Converged: the mean over seeds improves over the last 20 % of the validation records "
+        "by less than the tolerance, max(1 % of the final value, the seeds' std at the last "
+        "record). Flat from: the first step from which every record stays within the "
+        "tolerance of the final value.",
+        "",
+        markdown_table(rows).rstrip("\n"),
+    ]
 
 
 def check_claim(claim: dict, table: Table, curves: Curves | None = None) -> tuple[str, str]:
@@ -249,6 +319,9 @@ def write_report(
     if plots:
         lines += ["", "## Learning curves (validation)", ""]
         lines += [f"![{p}]({p})" for p in plots]
+    runs = load_runs(out)
+    runs = tune_runs(runs, tuning)[0] if tuning else runs
+    lines += convergence_section(tables[0], learning_curves(runs, tables[0]))
     if spec.get("paper"):
         rows = [
             {
@@ -263,8 +336,6 @@ def write_report(
         lines += ["", "## The paper's numbers", "", markdown_table(rows).rstrip("\n")]
     if spec.get("claims"):
         by_metric = {t.metric: t for t in tables}
-        runs = load_runs(out)
-        runs = tune_runs(runs, tuning)[0] if tuning else runs
         checked = []
         for claim in spec["claims"]:
             table = by_metric[claim.get("metric", metrics[0])]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from gru_research.report import check_curve, sizes_line, write_report
+from gru_research.report import check_curve, convergence, sizes_line, write_report
 from gru_research.sweep import check_sweep, load_sweep
 from gru_research.tables import Tuning, build_table, load_runs, to_markdown, write_table
 
@@ -249,3 +249,55 @@ def test_a_report_says_whether_sizes_were_matched_by_parameters():
         "sizes: parameter-matched, each design at the largest hidden size within the "
         "parameters of lstm at hidden = 40; per cell: rnn_tanh hidden=80, size_like=None"
     )
+
+
+RECORD_STEPS = np.arange(1, 11) * 100  # ten validation records
+
+
+@pytest.mark.parametrize(
+    "curve, higher, converged, flat_from",
+    [
+        # flat from step 500 on: converged, and flat where it reached the final value's band
+        ([5, 4, 3, 2, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], False, True, 500),
+        # still falling by 10 % a record over the last 20 %: not converged, flat only at the end
+        ([2.0, 1.8, 1.6, 1.4, 1.2, 1.0, 0.9, 0.81, 0.73, 0.66], False, False, 1000),
+        # falling by 0.5 % over the last 20 %: under 1 %, converged
+        ([2, 1.5, 1.2, 1.1, 1.05, 1.02, 1.008, 1.005, 1.003, 1.0], False, True, 700),
+        # accuracy still rising: not converged; rising no more: converged
+        ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95], True, False, 1000),
+        ([0.1, 0.5, 0.9, 0.99, 0.99, 0.99, 0.99, 0.99, 0.99, 0.99], True, True, 400),
+    ],
+)
+def test_convergence_on_known_curves(curve, higher, converged, flat_from):
+    found = convergence(RECORD_STEPS, np.array([curve, curve]), higher)
+    assert found.converged is converged and found.flat_from == flat_from
+    assert found.steps == 1000 and found.tolerance == pytest.approx(0.01 * curve[-1])
+
+
+def test_convergence_allows_one_seed_std_and_needs_five_records():
+    # the mean falls 4 % over the last 20 %, within the seeds' spread at the last record
+    seeds = np.array([[1.0] * 8 + [1.04, 1.0 - 0.1], [1.0] * 8 + [1.04, 1.0 + 0.1]])
+    found = convergence(RECORD_STEPS, seeds, higher=False)
+    assert found.converged and found.tolerance == pytest.approx(np.std([0.9, 1.1], ddof=1))
+    assert convergence(RECORD_STEPS[:4], seeds[:, :4], higher=False) is None
+
+
+def test_the_report_says_which_entries_converged(tmp_path):
+    known_runs(tmp_path)  # two validation records each: too few to tell
+    for step in (150, 200, 250):  # gru at lr 0.003 gets three more, still falling by 50 %
+        records = [
+            {"step": step, "seed": s, "split": "validation", "loss": 0.11 * 100 / step}
+            for s in (0, 1)
+        ]
+        path = tmp_path / "cell=gru" / "values" / "lr=0.003" / "metrics.jsonl"
+        path.write_text(path.read_text() + "".join(json.dumps(r) + "\n" for r in records))
+    sweep = {
+        "name": "converged",
+        "parameters": {"cell": {"values": ["gru", "lstm"]}, "lr": {"values": list(LRS)}},
+        "report": {"tune": {"parameter": "lr"}},
+    }
+    text = write_report(tmp_path, check_sweep(sweep, "c"), command="c", wall_time_s=1).read_text()
+    section = text.split("## Convergence (validation loss)", 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| gru")]
+    assert len(rows) == 1 and "| 250 |" in rows[0] and "**no** (stopped at the step cap)" in rows[0]
+    assert "| lstm" not in section  # two records: no verdict
