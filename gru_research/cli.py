@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--export-wandb", metavar="OUT_YAML", help="write the `wandb sweep` file")
     sweep.add_argument("--wandb", choices=WANDB_MODES, default="offline")
     sweep.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the report of the points finished so far, naming the rest",
+    )
+    sweep.add_argument(
         "--data-dir", default=None, help="the data root of every point (default: GRU_RESEARCH_DATA)"
     )
     sweep.add_argument(
@@ -315,6 +320,10 @@ def sweep_execution(args: argparse.Namespace) -> Execution:
             f"{', '.join(given)}: with --export-wandb nothing runs here (wandb agents run the "
             "points); give --out to run them"
         )
+    if args.report_only and (
+        given := given_options(args, ("export_wandb", "executor", *LOCAL_OPTIONS, *SLURM_OPTIONS))
+    ):
+        raise ValueError(f"{', '.join(given)}: with --report-only nothing is trained or exported")
     executor = args.executor or "local"
     if executor == "local" and (given := given_options(args, SLURM_OPTIONS)):
         raise ValueError(f"{', '.join(given)}: only with --executor slurm")
@@ -339,6 +348,7 @@ def sweep_execution(args: argparse.Namespace) -> Execution:
 def sweep_command(args: argparse.Namespace) -> str:
     """The sweep's command line, for the report: the file, --out and the options given."""
     words = ["gru-research", "sweep", args.file, "--out", args.out]
+    words += ["--report-only"] if args.report_only else []
     for name in ("executor", *LOCAL_OPTIONS, *SLURM_OPTIONS, "data_dir"):
         value = getattr(args, name)
         if _given(value):
@@ -348,7 +358,7 @@ def sweep_command(args: argparse.Namespace) -> str:
 
 def run_sweep_command(args: argparse.Namespace) -> None:
     from gru_research.report import write_report
-    from gru_research.sweep import export_wandb, load_sweep, train_sweep
+    from gru_research.sweep import export_wandb, load_sweep, train_sweep, unfinished_points
 
     execution = sweep_execution(args)
     if args.export_wandb:
@@ -358,6 +368,17 @@ def run_sweep_command(args: argparse.Namespace) -> None:
         return
     check_output_folder(args.out)
     start = time.perf_counter()
+    if args.report_only:
+        report = write_report(
+            args.out,
+            load_sweep(args.file),
+            command=sweep_command(args),
+            wall_time_s=0.0,
+            points_run="none in this invocation (--report-only)",
+            unfinished=unfinished_points(args.file, args.out, args.data_dir),
+        )
+        print(f"report, tables and plots: {report.parent}/")
+        return
     outcome = train_sweep(
         args.file,
         args.out,

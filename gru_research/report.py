@@ -28,6 +28,7 @@ A claim holds when every table entry it selects passes its check; the report say
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,11 +265,14 @@ def write_report(
     command: str,
     wall_time_s: float,
     points_run: str = IN_PROCESS,
+    unfinished: Sequence[str] = (),
 ) -> Path:
     """Tables, plots and ``report.md`` for the sweep whose run folders are under ``out``.
 
     ``points_run`` says how this invocation ran the points (in this process, worker processes,
     SLURM jobs): a provenance line; the tables are read from the run folders alone.
+    ``unfinished`` names the points not trained yet (``sweep --report-only`` on a sweep under
+    way): the report says that its tables cover the finished points only.
     """
     out = Path(out)
     spec = sweep.get("report", {})
@@ -304,6 +308,13 @@ def write_report(
     )
     if spec.get("scale_note"):
         lines += ["", f"**Scale.** {spec['scale_note'].strip()}"]
+    if unfinished:
+        lines += [
+            "",
+            f"**Unfinished.** {len(unfinished)} points are not trained yet: "
+            f"{'; '.join(unfinished)}. The tables, curves and claims below cover the finished "
+            "points only; rerunning the sweep's command trains the rest.",
+        ]
     for table in tables:
         lines += ["", f"## Final test {table.metric}", "", to_markdown(table)]
     if tuning is not None:

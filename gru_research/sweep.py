@@ -316,6 +316,20 @@ def sweep_points(
     return named
 
 
+def unfinished_points(path: str | Path, out: str | Path, data_dir: str | None = None) -> list[str]:
+    """The names of the points of the sweep file ``path`` that have no finished run under
+    ``out`` (one line if ``out`` holds no runs of a sweep)."""
+    from gru_research.train import finished_summaries  # JAX: imported to read run folders
+
+    if not (Path(out) / "runs").is_dir():
+        raise ValueError(f"{out} holds no sweep's runs (no runs/ folder)")
+    return [
+        name
+        for name, config, vmap in sweep_points(load_sweep(path), path, data_dir)
+        if finished_summaries(config, Path(out) / "runs" / name, value_grid(vmap)) is None
+    ]
+
+
 @dataclass(frozen=True)
 class SweepOutcome:
     """What a sweep invocation did: the finished points' summaries (in sweep order), how its

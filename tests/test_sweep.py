@@ -155,6 +155,33 @@ def test_an_interrupted_sweep_skips_finished_points(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_report_of_the_points_finished_so_far_names_the_rest(tmp_path, capsys):
+    from gru_research import cli
+
+    cells = {"cell": {"values": ["gru", "min_gru"]}}
+    out = tmp_path / "out"
+    run_sweep(write_sweep(tmp_path / "first.yaml", {**TINY, "cell": {"value": "gru"}}), out)
+    path = write_sweep(tmp_path / "s.yaml", {**TINY, **cells}, report={"metrics": ["loss"]})
+    before = sorted(p.name for p in (out / "runs").iterdir())
+    assert cli.main(["sweep", str(path), "--out", str(out), "--report-only"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == before  # nothing trained
+    text = (out / "report.md").read_text()
+    assert "**Unfinished.** 1 points are not trained yet: cell=min_gru." in text
+    assert "--report-only" in text and "| gru |" in text and "| min_gru |" not in text
+    capsys.readouterr()
+    refused = cli.main(["sweep", str(path), "--out", str(out), "--report-only", "--jobs", "2"])
+    assert refused == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("--jobs: with --report-only nothing is trained or exported")
+    )
+    assert cli.main(["sweep", str(path), "--out", str(tmp_path / "none"), "--report-only"]) == 2
+    assert "holds no sweep's runs" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow
 def test_exported_wandb_sweep_command_trains_a_point(tmp_path):
     path = write_sweep(
         tmp_path / "s.yaml",
