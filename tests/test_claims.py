@@ -285,3 +285,17 @@ def test_every_contract_with_the_experiment_file_is_checked(tmp_path, change, me
     assert load_experiment(spec_ok)["design"] == "gru"
     shipped = Path(__file__).resolve().parents[1] / "experiments" / "textbook_claims.yaml"
     assert load_experiment(shipped)["reset"]["sweeps"] == ["reset_lm", "reset_selective_copy"]
+
+
+def test_a_runs_step_is_timed_on_its_own_schedule_warm_up_included(tmp_path):
+    # the quality section times each source run's own program: a warm-up longer than the timed
+    # chunk (Feng et al.'s Shakespeare warms up for 50 steps) must not be refused
+    from small_runs import small_run
+
+    from gru_research.config import TrainConfig
+    from gru_research.train import train
+
+    config = TrainConfig(**small_run(steps=20, warmup_steps=12))
+    train(config, tmp_path / "run", wandb_mode="disabled", progress=False)
+    (seconds,) = measure.seconds_per_step([tmp_path / "run"], rounds=1)
+    assert 0 < seconds < 10

@@ -163,9 +163,9 @@ def seconds_per_step(run_dirs: list[Path], rounds: int, steps_per_call: int = 5)
 
     timed = []
     for run_dir in run_dirs:
-        n = steps_per_call
+        n = steps_per_call  # chunks of n steps of the run's own schedule (warm-up included)
         config = dataclasses.replace(
-            load_run_config(run_dir), steps=n, log_every=n, eval_every=n, checkpoint_every=n
+            load_run_config(run_dir), log_every=n, eval_every=n, checkpoint_every=n
         )
         task = make_task(config.task_config())
         program = build_program(config, task, config.model_config(task))
