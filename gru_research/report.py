@@ -27,6 +27,7 @@ A claim holds when every table entry it selects passes its check; the report say
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,7 +139,7 @@ def convergence(steps: np.ndarray, grid: np.ndarray, higher: bool) -> Convergenc
 def convergence_section(table: Table, curves: Curves) -> list[str]:
     """The report's convergence rows, one per entry of ``table`` with a validation curve."""
     rows = []
-    for (row, column), _ in sorted(table.entries.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for column, row in itertools.product(table.columns, table.rows):
         steps, grid = curves.get(column, {}).get(row, (np.zeros(0), np.zeros((0, 0))))
         found = convergence(steps, grid, higher_is_better(table.metric)) if grid.size else None
         if found is None:

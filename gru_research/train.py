@@ -577,7 +577,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     abstract = abstract_state(program, config.seed_list)
     state, _ = restore_verified(group_dir, abstract, reject=False)
     if state is None:
-        raise FileNotFoundError(f"no checkpoint in {group_dir / 'checkpoints'}")
+        raise FileNotFoundError(
+            f"no checkpoint in {group_dir / 'checkpoints'} (committed run folders keep metrics, "
+            "not checkpoints, unless they were added on purpose): remove the run folder and "
+            "train it again to read its parameters"
+        )
     own_config = resolve_epochs(own_config, task) if values else config
     return LoadedRun(own_config, task, model, _of_members(state["params"], members))
 
