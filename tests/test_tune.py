@@ -10,9 +10,23 @@ import pytest
 import yaml
 from scipy import stats
 
-from gru_research.report import check_curve, convergence, sizes_line, write_report
+from gru_research.report import (
+    check_curve,
+    convergence,
+    convergence_section,
+    sizes_line,
+    write_report,
+)
 from gru_research.sweep import check_sweep, load_sweep
-from gru_research.tables import Tuning, build_table, load_runs, to_markdown, write_table
+from gru_research.tables import (
+    Entry,
+    Table,
+    Tuning,
+    build_table,
+    load_runs,
+    to_markdown,
+    write_table,
+)
 
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 # cell -> lr -> (final validation loss per seed, test loss per seed)
@@ -301,3 +315,14 @@ def test_the_report_says_which_entries_converged(tmp_path):
     rows = [line for line in section.splitlines() if line.startswith("| gru")]
     assert len(rows) == 1 and "| 250 |" in rows[0] and "**no** (stopped at the step cap)" in rows[0]
     assert "| lstm" not in section  # two records: no verdict
+
+
+def test_the_convergence_table_follows_the_tables_order_whatever_its_keys():
+    # a column key may be None beside strings (a parameter one task does not read)
+    flat = (RECORD_STEPS, np.ones((2, 10)))
+    columns = [(None,), ("jsb",)]
+    table = Table("loss", [("gru",)], ["cell"], columns, ["dataset"])
+    table.entries = {(("gru",), c): Entry([1.0, 1.0], 0) for c in columns}
+    lines = convergence_section(table, {c: {("gru",): flat} for c in columns})
+    rows = [line for line in lines[-1].splitlines() if line.startswith("| gru")]
+    assert [r.split("|")[1].strip() for r in rows] == ["gru @ dataset=None", "gru @ dataset=jsb"]
