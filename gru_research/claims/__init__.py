@@ -82,6 +82,23 @@ def load_experiment(path: str | Path) -> dict:
     return spec
 
 
+def check_trained_parameters(spec: dict, out: Path) -> None:
+    """One line, before any measurement, if a run whose trained parameters the gradient-flow or
+    the reset section reads has no checkpoint (committed run folders keep metrics only)."""
+    from gru_research.train import checkpoint_steps
+
+    flow, reset = spec["gradflow"], spec["reset"]
+    needed = [
+        measure.find_run(out / flow["trained_sweep"], cell=cell, seq_len=flow["seq_len"])
+        for cell in flow["cells"]
+    ] + [measure.find_run(out / reset["lm_sweep"], cell=spec["design"])]
+    if missing := [str(run) for run in needed if not checkpoint_steps(run)]:
+        raise FileNotFoundError(
+            f"no checkpoint in {', '.join(missing)}: the gradient-flow and reset sections read "
+            "trained parameters; remove these run folders and rerun to train them again"
+        )
+
+
 def run_claims(path: str | Path, out: str | Path, *, command: str, progress=print) -> Path:
     """Train the experiment's sweeps (resumable), measure every claim, write the report."""
     from gru_research.report import write_report
@@ -102,6 +119,7 @@ def run_claims(path: str | Path, out: str | Path, *, command: str, progress=prin
             command=command,
             wall_time_s=time.perf_counter() - sweep_start,
         )
+    check_trained_parameters(spec, out)
     sections = [
         parameters_claim(spec, out),
         throughput_claim(spec, out, progress),
