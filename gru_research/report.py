@@ -53,6 +53,7 @@ from gru_research.tables import (
     learning_curves,
     load_runs,
     plot_by_length,
+    plot_name,
     to_markdown,
     tune_runs,
     write_table,
@@ -327,7 +328,8 @@ def write_report(
         plots = plot_by_length([by_name[m] for m in spec["length_plot"]], out)
         lines += ["", "## Test accuracy against length", ""]
         lines += [f"![{p.name}]({p.name})" for p in plots]
-    plots = sorted(p.name for p in out.glob("curves_*.png"))
+    named = sorted({plot_name("curves", tables[0], column) for column in tables[0].columns})
+    plots = [name for name in named if (out / name).exists()]  # not a stale one of older runs
     if plots:
         lines += ["", "## Learning curves (validation)", ""]
         lines += [f"![{p}]({p})" for p in plots]

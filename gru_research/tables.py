@@ -474,11 +474,11 @@ def plot_curves(runs: list[Run], table: Table, out_dir: Path, split: str = "vali
         ax.set_title(label(table.column_keys, column))
         if not higher_is_better(table.metric):
             ax.set_yscale("log")
-        written.append(_save_plot(fig, ax, out_dir / _plot_name("curves", table, column)))
+        written.append(_save_plot(fig, ax, out_dir / plot_name("curves", table, column)))
     return written
 
 
-def _plot_name(prefix: str, table: Table, column: tuple) -> str:
+def plot_name(prefix: str, table: Table, column: tuple) -> str:
     """``<prefix>_<task setting>.png``, the setting's label made a file name."""
     return f"{prefix}_{label(table.column_keys, column).replace(' ', '_').replace('/', '_')}.png"
 
@@ -525,7 +525,7 @@ def plot_by_length(tables: list[Table], out_dir: Path) -> list[Path]:
         ax.set_xlabel("test length")
         ax.set_ylabel(f"test {first.metric.rsplit('_', 2)[0]}")
         ax.set_title(label(first.column_keys, column))
-        written.append(_save_plot(fig, ax, out_dir / _plot_name("by_length", first, column)))
+        written.append(_save_plot(fig, ax, out_dir / plot_name("by_length", first, column)))
     return written
 
 

@@ -363,8 +363,10 @@ def test_report_checks_claims_on_the_table(tmp_path):
             ],
         },
     }
+    (tmp_path / "curves_copy_seq_len=99.png").write_bytes(b"a plot of older runs")
     report = write_report(tmp_path, sweep, command="gru-research sweep x", wall_time_s=60)
     text = report.read_text()
+    assert "curves_copy_seq_len=99.png" not in text  # only the plots of these runs
     claims = text.split("## Claims at this scale", 1)[1].splitlines()[4:]
     verdicts = [line.split("|")[2].strip() for line in claims if line.startswith("| ")]
     assert verdicts == [
