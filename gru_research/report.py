@@ -281,11 +281,15 @@ def write_report(
     metrics = spec.get("metrics", ["loss"])
     row_keys = tuple(spec.get("rows", "cell").split(","))
     tuning = Tuning(**spec["tune"]) if spec.get("tune") else None
+    reference = spec.get("reference")
+    trained_rows = {run.config.get(row_keys[0]) for run in load_runs(out)}
+    if unfinished and reference not in trained_rows:  # its runs are not trained yet: no tests
+        reference = None
     tables = [
         write_table(
             out,
             m,
-            reference=spec.get("reference"),
+            reference=reference,
             row_keys=row_keys,
             paper=spec.get("paper"),
             tuning=tuning,
