@@ -462,6 +462,7 @@ def restore_checkpoint(manager, step: int, abstract: Any) -> dict:
 
 
 CHECKSUMS = "checksums.json"
+ELAPSED = "elapsed.json"  # seconds of training up to each checkpoint, so a resume keeps them
 """``RUN/checksums.json``: the sha256 of every file of each checkpoint, written once orbax has
 finished saving it and checked before the checkpoint is trusted."""
 
@@ -494,6 +495,19 @@ def record_checksums(run_dir: Path, step: int) -> None:
     recorded = {k: v for k, v in _recorded_checksums(run_dir).items() if k in existing}
     recorded[str(step)] = checkpoint_digests(run_dir / "checkpoints" / str(step))
     write_json(run_dir / CHECKSUMS, recorded)
+
+
+def record_elapsed(run_dir: Path, step: int, seconds: float) -> None:
+    """Add the seconds of training (every attempt's) that reached the checkpoint at ``step``."""
+    path = run_dir / ELAPSED
+    write_json(path, (read_json(path) if path.exists() else {}) | {str(step): round(seconds, 2)})
+
+
+def elapsed_until(run_dir: Path, step: int) -> float:
+    """The seconds of training recorded at the checkpoint of ``step`` (0 for a fresh run or a
+    checkpoint saved before these were recorded)."""
+    path = run_dir / ELAPSED
+    return float(read_json(path).get(str(step), 0.0)) if step and path.exists() else 0.0
 
 
 def checkpoint_fault(run_dir: Path, step: int) -> str | None:
@@ -967,6 +981,7 @@ def _train_locked(
     # the loop: chunks of steps, then log, evaluate and checkpoint where they fall due
     bar = _progress_bar(config.steps, start, progress)
     started, window, window_steps, step = time.perf_counter(), [], 0, start
+    earlier = elapsed_until(run_dir, start)  # the attempts before this one
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     while step < end:
         length = min(run.program.chunk, config.steps - step)
@@ -993,6 +1008,7 @@ def _train_locked(
             manager.save(step, args=ocp.args.StandardSave(state))
             manager.wait_until_finished()
             record_checksums(run_dir, step)
+            record_elapsed(run_dir, step, earlier + time.perf_counter() - started)
     bar.close()
     manager.close()
     if step < config.steps:  # stopped early, as a killed run: W&B closed, no summary
@@ -1002,7 +1018,7 @@ def _train_locked(
 
     # the summary: the test split, the diverged seeds, W&B closed
     test = evaluate(run.program, task, state, "test", config.batch_size, config.stateful)
-    seconds = time.perf_counter() - started
+    seconds = earlier + time.perf_counter() - started
     summaries = []
     for outlet, test_records, wandb_runs in zip(
         run.outlets, log(step, "test", test, with_baseline), trackers, strict=True

@@ -72,7 +72,11 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     run = tmp_path / "killed"
     partial = train(config, run, wandb_mode="disabled", stop_after=15)
     assert partial == {"stopped_at": 15} and not (run / "summary.json").exists()
+    elapsed = json.loads((run / "elapsed.json").read_text())
+    assert list(elapsed) == ["10"] and elapsed["10"] > 0
+    (run / "elapsed.json").write_text(json.dumps({"10": 1000.0}))  # a long first attempt
     resumed = train(config, run, wandb_mode="disabled")
+    assert 1000.0 < resumed["wall_time_s"] < 1000.0 + elapsed["10"] + 600  # both attempts
     for name, values in whole["final"].items():
         np.testing.assert_allclose(resumed["final"][name], values, rtol=1e-5, atol=1e-7)
     keys = [(r["step"], r["seed"], r["split"]) for r in read_metrics(run)]
