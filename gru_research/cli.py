@@ -373,7 +373,7 @@ def run_sweep_command(args: argparse.Namespace) -> None:
             args.out,
             load_sweep(args.file),
             command=sweep_command(args),
-            wall_time_s=0.0,
+            wall_time_s=None,
             points_run="none in this invocation (--report-only)",
             unfinished=unfinished_points(args.file, args.out, args.data_dir),
         )

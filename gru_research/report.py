@@ -124,9 +124,9 @@ class Convergence:
 def convergence(steps: np.ndarray, grid: np.ndarray, higher: bool) -> Convergence | None:
     """The :class:`Convergence` of one entry's curve (``grid``: seeds × records), or None with
     fewer than 5 records."""
-    mean = np.nanmean(grid, axis=0)
     if len(steps) < 5:
         return None
+    mean = np.nanmean(grid, axis=0)
     sign = -1.0 if higher else 1.0
     start = round(0.8 * (len(steps) - 1))
     spread = float(np.nanstd(grid[:, -1], ddof=1)) if grid.shape[0] > 1 else 0.0
@@ -265,7 +265,7 @@ def write_report(
     sweep: dict,
     *,
     command: str,
-    wall_time_s: float,
+    wall_time_s: float | None,
     points_run: str = IN_PROCESS,
     unfinished: Sequence[str] = (),
 ) -> Path:
@@ -273,6 +273,7 @@ def write_report(
 
     ``points_run`` says how this invocation ran the points (in this process, worker processes,
     SLURM jobs): a provenance line; the tables are read from the run folders alone.
+    ``wall_time_s`` is None for a report that trained nothing (``sweep --report-only``).
     ``unfinished`` names the points not trained yet (``sweep --report-only`` on a sweep under
     way): the report says that its tables cover the finished points only.
     """
@@ -282,7 +283,8 @@ def write_report(
     row_keys = tuple(spec.get("rows", "cell").split(","))
     tuning = Tuning(**spec["tune"]) if spec.get("tune") else None
     reference = spec.get("reference")
-    trained_rows = {run.config.get(row_keys[0]) for run in load_runs(out)}
+    runs = load_runs(out)
+    trained_rows = {run.config.get(row_keys[0]) for run in runs}
     if unfinished and reference not in trained_rows:  # its runs are not trained yet: no tests
         reference = None
     tables = [
@@ -293,20 +295,26 @@ def write_report(
             row_keys=row_keys,
             paper=spec.get("paper"),
             tuning=tuning,
+            runs=runs,
         )
         for m in metrics
     ]
     fixed = {k: v["value"] for k, v in sweep["parameters"].items() if "value" in v}
     varied = {k: v["values"] for k, v in sweep["parameters"].items() if "values" in v}
+    invocation = (
+        "nothing trained in this invocation (a report only)"
+        if wall_time_s is None
+        else f"{wall_time_s / 60:.1f} min for this invocation of the sweep"
+    )
     lines = report_header(
         sweep.get("name", out.name),
         sweep.get("description", ""),
         command,
-        f"wall time: {wall_time_s / 60:.1f} min for this invocation of the sweep; "
+        f"wall time: {invocation}; "
         f"{sum(t.total_seconds for t in tables[:1]) / 60:.1f} min of training summed over its "
         "points (each point's own run, resumed parts included)",
         f"points run: {points_run}",
-        f"commits that trained the runs: {training_commits(load_runs(out))}",
+        f"commits that trained the runs: {training_commits(runs)}",
         f"seeds per point: {sweep.get('seeds', 1)} (vmapped)",
         sizes_line(sweep),
         f"varied: {', '.join(f'{k} ∈ {v}' for k, v in varied.items())}",
@@ -337,7 +345,6 @@ def write_report(
     if plots:
         lines += ["", "## Learning curves (validation)", ""]
         lines += [f"![{p}]({p})" for p in plots]
-    runs = load_runs(out)
     runs = tune_runs(runs, tuning)[0] if tuning else runs
     lines += convergence_section(tables[0], learning_curves(runs, tables[0]))
     if spec.get("paper"):

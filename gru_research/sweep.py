@@ -158,14 +158,21 @@ def vmap_list_problem(sweep: dict) -> str | None:
     return None
 
 
+def grid_values(spec: dict) -> list | None:
+    """The values a sweep parameter takes (``values``, or ``[value]``), or None for a random
+    sweep's distribution."""
+    if "values" in spec:
+        return list(spec["values"])
+    return [spec["value"]] if "value" in spec else None
+
+
 def per_cell_problem(sweep: dict) -> str | None:
     """What is wrong with a sweep's ``per_cell`` settings, or None: each key a cell of the
     sweep, each value a mapping of parameters that are neither the cell nor vmapped."""
     per_cell = sweep.get("per_cell", {})
     if not isinstance(per_cell, dict):
         return f"must be a mapping of cell to settings, got {per_cell!r}"
-    spec = sweep["parameters"].get("cell", {})
-    cells = spec.get("values", [spec["value"]] if "value" in spec else [])
+    cells = grid_values(sweep["parameters"].get("cell", {})) or []
     for cell, settings in per_cell.items():
         if cell not in cells:
             return f"{cell!r} is not a cell of the sweep; valid: {', '.join(map(str, cells))}"
@@ -189,8 +196,7 @@ def report_problem(sweep: dict) -> str | None:
     if "tune" in report and (problem := tuning_problem(report["tune"], sweep["parameters"])):
         return f"tune: {problem}"
     reference, row = report.get("reference"), str(report.get("rows", "cell")).split(",")[0]
-    spec = sweep["parameters"].get(row, {})
-    rows = spec.get("values", [spec["value"]] if "value" in spec else None)
+    rows = grid_values(sweep["parameters"].get(row, {}))
     if reference is not None and rows is not None and reference not in rows:
         valid = ", ".join(map(str, rows))
         return f"reference {reference!r} is not a {row} of the sweep; valid: {valid}"
@@ -218,8 +224,7 @@ def where_problem(where: dict, parameters: dict) -> str | None:
     for name, wanted in where.items():
         if name not in parameters:
             return f"{name!r} is not a parameter of the sweep; valid: {', '.join(parameters)}"
-        spec = parameters[name]
-        grid = spec.get("values", [spec["value"]] if "value" in spec else None)
+        grid = grid_values(parameters[name])
         if grid is None:  # a random sweep's distribution: any value may come
             continue
         missing = [v for v in (wanted if isinstance(wanted, list) else [wanted]) if v not in grid]
@@ -265,10 +270,7 @@ def expand(sweep: dict) -> list[dict]:
     each with its cell's ``per_cell`` settings over them."""
     params, per_cell = sweep["parameters"], sweep.get("per_cell", {})
     if sweep.get("method", "grid") == "grid":
-        axes = [
-            [(name, v) for v in spec["values"]] if "values" in spec else [(name, spec["value"])]
-            for name, spec in params.items()
-        ]
+        axes = [[(name, v) for v in grid_values(spec)] for name, spec in params.items()]
         points = [dict(point) for point in itertools.product(*axes)]
     else:
         rng = random.Random(sweep.get("random_seed", 0))

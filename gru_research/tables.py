@@ -538,10 +538,12 @@ def write_table(
     paper: list[dict] | None = None,
     out_dir: str | Path | None = None,
     tuning: Tuning | None = None,
+    runs: list[Run] | None = None,
 ) -> Table:
-    """Read the runs under ``root``; write table.md, table.csv and the curves beside them
-    (tuned: the tuned table, and the whole grid as ``table_<metric>_grid.md`` / ``.csv``)."""
-    runs = load_runs(root)
+    """Read the runs under ``root`` (or take ``runs``, read from it already); write table.md,
+    table.csv and the curves beside them (tuned: the tuned table, and the whole grid as
+    ``table_<metric>_grid.md`` / ``.csv``)."""
+    runs = load_runs(root) if runs is None else runs
     table = build_table(
         runs, metric, row_keys=row_keys, reference=reference, paper=paper, tuning=tuning
     )

@@ -18,7 +18,14 @@ from small_runs import small_run, sweep_parameters
 from gru_research.config import TrainConfig
 from gru_research.model import model_param_count
 from gru_research.report import write_report
-from gru_research.sweep import expand, export_wandb, load_sweep, run_sweep, sweep_points
+from gru_research.sweep import (
+    expand,
+    export_wandb,
+    grid_values,
+    load_sweep,
+    run_sweep,
+    sweep_points,
+)
 from gru_research.tables import build_table, load_runs, to_csv, to_markdown, write_table
 from gru_research.tasks import make_task
 from gru_research.tracking import offline_run_files, read_offline_history
@@ -154,6 +161,12 @@ def test_an_interrupted_sweep_skips_finished_points(tmp_path):
     assert [s["cell"] for s in summaries] == ["gru", "min_gru"]
 
 
+def test_grid_values_of_a_parameter():
+    assert grid_values({"values": [1, 2]}) == [1, 2]
+    assert grid_values({"value": None}) == [None]
+    assert grid_values({"distribution": "uniform", "min": 0, "max": 1}) is None
+
+
 @pytest.mark.slow
 def test_a_report_of_the_points_finished_so_far_names_the_rest(tmp_path, capsys):
     from gru_research import cli
@@ -169,6 +182,7 @@ def test_a_report_of_the_points_finished_so_far_names_the_rest(tmp_path, capsys)
     text = (out / "report.md").read_text()
     assert "**Unfinished.** 1 points are not trained yet: cell=min_gru." in text
     assert "--report-only" in text and "| gru |" in text and "| min_gru |" not in text
+    assert "wall time: nothing trained in this invocation (a report only);" in text
     capsys.readouterr()
     refused = cli.main(["sweep", str(path), "--out", str(out), "--report-only", "--jobs", "2"])
     assert refused == 2
