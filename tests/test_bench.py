@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from gru_research import bench
@@ -37,6 +38,7 @@ def scripts():
             small_models=importlib.import_module("small_models"),
             jobs_speed=importlib.import_module("jobs_speed"),
             vmap_grid=importlib.import_module("vmap_grid"),
+            training_snapshot=importlib.import_module("training_snapshot"),
         )
 
 
@@ -521,3 +523,24 @@ def test_cli_bench_prints_the_regime_table_with_its_roofline(scripts, monkeypatc
     printed = capsys.readouterr().out
     assert printed.startswith("| regime | group | implementation | ms/step | vs first |")
     assert "| copy | gru | flax nn.RNN(GRUCell) (H = 8) | 1,200 | 1.2 | 0.833 | 42% |" in printed
+
+
+def test_a_training_snapshot_retrains_a_run_and_compares_bit_for_bit(scripts, tmp_path, capsys):
+    from small_runs import small_run
+
+    from gru_research.config import TrainConfig
+    from gru_research.train import train
+
+    run = tmp_path / "run"
+    train(TrainConfig(**small_run(steps=20)), run, wandb_mode="disabled")
+    snapshot = scripts.training_snapshot
+    for name in ("a", "b"):
+        snapshot.write(run, 10, str(tmp_path / f"{name}.npz"), None)
+    assert snapshot.compare(str(tmp_path / "a.npz"), str(tmp_path / "b.npz")) == 0
+    assert "bit for bit equal" in capsys.readouterr().out
+    arrays = dict(np.load(tmp_path / "a.npz"))
+    first = sorted(arrays)[0]
+    arrays[first] = np.nextafter(arrays[first], np.inf)  # one ulp moved
+    np.savez(tmp_path / "c.npz", **arrays)
+    assert snapshot.compare(str(tmp_path / "a.npz"), str(tmp_path / "c.npz")) == 1
+    assert first in capsys.readouterr().out
