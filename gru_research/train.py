@@ -146,19 +146,53 @@ def uniform_init(key: jax.Array, params, scale: float):
     )
 
 
+def scale_by_rms_floored(decay, initial_scale: float) -> optax.GradientTransformation:
+    """optax's ``scale_by_rms`` with no epsilon, the accumulator floored where it is used.
+
+    r ← decay · r + (1 − decay) · g², update g / √max(r, tiny), with tiny the smallest normal
+    number of r's dtype (1.2e-38 in float32). Without an epsilon, an accumulator that decays
+    below tiny (a parameter whose gradient stays under about 1e-19 for some 760 steps, from
+    1e-3) is flushed to zero on CPUs and the update is 0/0. Wherever r ≥ tiny the update is
+    that of ``optax.scale_by_rms(decay, eps=0.0, initial_scale)``, bit for bit, and the state
+    is the same.
+    """
+    inner = optax.scale_by_rms(decay=decay, eps=0.0, initial_scale=initial_scale)
+
+    def update(updates, state, params=None):
+        del params
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, decay, 2)
+        floored = lambda r: jnp.maximum(r, jnp.finfo(r.dtype).tiny)  # noqa: E731
+        scaled = jax.tree.map(lambda r, g: jax.lax.rsqrt(floored(r)) * g, nu, updates)
+        return scaled, optax.ScaleByRmsState(nu=nu)
+
+    return optax.GradientTransformation(inner.init, update)
+
+
+def rmsprop(lr, decay) -> optax.GradientTransformation:
+    """RMSProp as in Arjovsky et al. (2016): the accumulator initialised to 1e-3,
+    r ← decay · r + (1 − decay) · g², step lr · g / √r with no epsilon (floored where r would
+    leave float32's normal range: :func:`scale_by_rms_floored`). Its state has the layout of
+    ``optax.rmsprop``'s."""
+    return optax.chain(
+        scale_by_rms_floored(decay, initial_scale=1e-3),
+        optax.scale_by_learning_rate(lr),
+        optax.identity(),
+    )
+
+
 def make_optimizer(config: TrainConfig, hyper: Hyper = NO_HYPER) -> optax.GradientTransformation:
     """optax: element-wise then global-norm clipping, then the optimiser.
 
-    ``rmsprop`` is the Arjovsky et al. (2016) protocol: accumulator initialised to 1e-3,
-    r ← 0.9 r + 0.1 g², step lr · g / √r with no epsilon (pair it with ``clip_value=1``).
-    The optimiser's state does not depend on ``hyper``: every vmapped value starts alike.
+    ``rmsprop`` is the Arjovsky et al. (2016) protocol (:func:`rmsprop`; pair it with
+    ``clip_value=1``). The optimiser's state does not depend on ``hyper``: every vmapped value
+    starts alike.
     """
     value = lambda name: hyper.get(name, getattr(config, name))  # noqa: E731
     lr = learning_rate(config, hyper)
     optimizers = {
         "adam": lambda: optax.adam(lr),
         "adamw": lambda: optax.adamw(lr, weight_decay=value("weight_decay")),
-        "rmsprop": lambda: optax.rmsprop(lr, decay=value("rms_decay"), eps=0.0, initial_scale=1e-3),
+        "rmsprop": lambda: rmsprop(lr, value("rms_decay")),
         "sgd": lambda: optax.sgd(lr),
     }
     clipping = []

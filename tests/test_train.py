@@ -9,11 +9,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from small_runs import small_run
 
 from gru_research.tracking import offline_run_files, read_offline_history
-from gru_research.train import RunError, TrainConfig, train
+from gru_research.train import RunError, TrainConfig, rmsprop, train
 
 SMALL = small_run()
 
@@ -374,3 +375,51 @@ def test_lm_on_a_text_file(tmp_path):
     )
     assert {"loss", "bpc", "perplexity"} <= summary["final"].keys()
     assert summary["final"]["bpc"][0] == pytest.approx(summary["final"]["loss"][0] / math.log(2))
+
+
+def _rmsprop_steps(optimizer, grads: list[np.ndarray]) -> tuple[list[np.ndarray], object]:
+    params = {"w": jnp.zeros(grads[0].shape, jnp.float32)}
+    state, steps = optimizer.init(params), []
+    update = jax.jit(optimizer.update)
+    for g in grads:
+        step, state = update({"w": jnp.asarray(g, jnp.float32)}, state)
+        steps.append(np.asarray(step["w"]))
+    return steps, state
+
+
+def test_rmsprop_is_the_papers_equations():
+    """r starts at 1e-3, r <- 0.9 r + 0.1 g^2, the step is -lr g / sqrt(r) (Arjovsky et al.,
+    2016), checked against NumPy in float64."""
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(6) * 10.0 ** rng.uniform(-4, 0) for _ in range(30)]
+    steps, _ = _rmsprop_steps(rmsprop(1e-3, 0.9), grads)
+    r = np.full(6, 1e-3)
+    for g, step in zip(grads, steps, strict=True):
+        r = 0.9 * r + 0.1 * g**2
+        np.testing.assert_allclose(step, -1e-3 * g / np.sqrt(r), rtol=1e-5)
+
+
+def test_rmsprop_equals_optax_without_epsilon_bit_for_bit_while_the_accumulator_is_normal():
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal(64) * 10.0 ** rng.uniform(-12, 1) for _ in range(40)]
+    ours, our_state = _rmsprop_steps(rmsprop(1e-3, 0.9), grads)
+    theirs, their_state = _rmsprop_steps(
+        optax.rmsprop(1e-3, decay=0.9, eps=0.0, initial_scale=1e-3), grads
+    )
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert jax.tree.structure(our_state) == jax.tree.structure(their_state)
+    for a, b in zip(jax.tree.leaves(our_state), jax.tree.leaves(their_state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_rmsprop_survives_an_accumulator_that_decays_out_of_float32():
+    """A gradient too small to square in float32 for 800 steps takes the accumulator from 1e-3
+    below the smallest normal number (at step 764), where it is flushed to zero: optax with no
+    epsilon steps 0/0 there, ours stays finite."""
+    grads = [np.full(2, 1e-20)] * 800
+    ours, _ = _rmsprop_steps(rmsprop(1e-3, 0.9), grads)
+    theirs, _ = _rmsprop_steps(optax.rmsprop(1e-3, decay=0.9, eps=0.0, initial_scale=1e-3), grads)
+    assert not np.isfinite(theirs[-1]).all()  # what the paper's optimiser does in float32
+    assert all(np.isfinite(step).all() for step in ours)
+    assert np.abs(ours[-1]).max() <= 1e-3  # at most lr: |g| / sqrt(tiny) < 1 here
