@@ -146,6 +146,10 @@ def uniform_init(key: jax.Array, params, scale: float):
     )
 
 
+def _floored_rsqrt(r: jax.Array) -> jax.Array:
+    return jax.lax.rsqrt(jnp.maximum(r, jnp.finfo(r.dtype).tiny))
+
+
 def scale_by_rms_floored(decay, initial_scale: float) -> optax.GradientTransformation:
     """optax's ``scale_by_rms`` with no epsilon, the accumulator floored where it is used.
 
@@ -161,8 +165,7 @@ def scale_by_rms_floored(decay, initial_scale: float) -> optax.GradientTransform
     def update(updates, state, params=None):
         del params
         nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, decay, 2)
-        floored = lambda r: jnp.maximum(r, jnp.finfo(r.dtype).tiny)  # noqa: E731
-        scaled = jax.tree.map(lambda r, g: jax.lax.rsqrt(floored(r)) * g, nu, updates)
+        scaled = jax.tree.map(lambda r, g: _floored_rsqrt(r) * g, nu, updates)
         return scaled, optax.ScaleByRmsState(nu=nu)
 
     return optax.GradientTransformation(inner.init, update)
@@ -496,9 +499,12 @@ def restore_checkpoint(manager, step: int, abstract: Any) -> dict:
 
 
 CHECKSUMS = "checksums.json"
-ELAPSED = "elapsed.json"  # seconds of training up to each checkpoint, so a resume keeps them
 """``RUN/checksums.json``: the sha256 of every file of each checkpoint, written once orbax has
 finished saving it and checked before the checkpoint is trusted."""
+
+ELAPSED = "elapsed.json"
+"""``RUN/elapsed.json``: the seconds of training (every attempt's) up to each checkpoint, so a
+resumed run's wall time counts the attempts before it."""
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
