@@ -408,11 +408,12 @@ def make_tables(
     root: str, metric: str | None = None, reference: str | None = None, rows: str | None = None
 ) -> str:
     """Write the tables and plots of a folder of runs (a sweep's, if it holds sweep.yaml)."""
-    from gru_research.sweep import load_sweep
+    from gru_research.sweep import load_sweep, per_cell_keys
     from gru_research.tables import Tuning, to_markdown, write_table
 
     sweep_file = Path(root) / "sweep.yaml"
-    report = load_sweep(sweep_file).get("report", {}) if sweep_file.exists() else {}
+    sweep = load_sweep(sweep_file) if sweep_file.exists() else {}
+    report = sweep.get("report", {})
     paper = report.get("paper", [])
     row_keys = tuple((rows or report.get("rows", "cell")).split(","))
     metrics = [metric] if metric else report.get("metrics", ["loss"])
@@ -426,6 +427,7 @@ def make_tables(
             row_keys=row_keys,
             paper=paper,
             tuning=tuning,
+            row_settings=per_cell_keys(sweep),
         )
         texts.append(to_markdown(table))
     return "\n".join(texts)

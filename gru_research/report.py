@@ -45,6 +45,7 @@ from gru_research.reporting import (
     report_header,
     verdict,
 )
+from gru_research.sweep import per_cell_keys
 from gru_research.tables import (
     Table,
     Tuning,
@@ -296,6 +297,7 @@ def write_report(
             paper=spec.get("paper"),
             tuning=tuning,
             runs=runs,
+            row_settings=per_cell_keys(sweep),
         )
         for m in metrics
     ]

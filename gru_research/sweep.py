@@ -184,7 +184,15 @@ def per_cell_problem(sweep: dict) -> str | None:
             )
         if fixed := [n for n in settings if n in ("cell", "seed", "seeds", *sweep.get("vmap", []))]:
             return f"{cell}: {fixed[0]!r} cannot be set per cell"
+        if varied := [n for n in settings if "values" in sweep["parameters"].get(n, {})]:
+            return f"{cell}: {varied[0]!r} is varied over the grid and cannot be set per cell"
     return None
+
+
+def per_cell_keys(sweep: dict) -> tuple[str, ...]:
+    """The parameters some design sets for itself (``per_cell``): part of that design's row in
+    the tables, never a column."""
+    return tuple(sorted({k for settings in sweep.get("per_cell", {}).values() for k in settings}))
 
 
 def report_problem(sweep: dict) -> str | None:

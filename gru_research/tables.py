@@ -256,15 +256,19 @@ def build_table(
     reference: str | None = None,
     paper: list[dict] | None = None,
     tuning: Tuning | None = None,
+    row_settings: tuple[str, ...] = (),
 ) -> Table:
     """The table of ``metric`` (a final test metric) over the runs; with ``tuning``, each
     design and setting at its chosen value of the tuned parameter (:func:`tune_runs`), that
-    value printed in its cell."""
+    value printed in its cell. ``row_settings`` are parameters some designs set for themselves
+    (a sweep's ``per_cell``): they vary between rows, so they must not make columns."""
     reference = check_request(runs, metric, row_keys, reference)
     chosen: dict[Path, Any] = {}
     if tuning is not None:
         runs, chosen = tune_runs(runs, tuning)
-    ignored = row_keys + IGNORED_IN_SETTINGS + ((tuning.parameter,) if tuning else ())
+    ignored = (
+        row_keys + row_settings + IGNORED_IN_SETTINGS + ((tuning.parameter,) if tuning else ())
+    )
     column_keys = [k for k in varying_keys(runs) if k not in ignored]
     column_keys = ["task", *(k for k in column_keys if k != "task")]  # labels start with it
 
@@ -539,19 +543,28 @@ def write_table(
     out_dir: str | Path | None = None,
     tuning: Tuning | None = None,
     runs: list[Run] | None = None,
+    row_settings: tuple[str, ...] = (),
 ) -> Table:
     """Read the runs under ``root`` (or take ``runs``, read from it already); write table.md,
     table.csv and the curves beside them (tuned: the tuned table, and the whole grid as
     ``table_<metric>_grid.md`` / ``.csv``)."""
     runs = load_runs(root) if runs is None else runs
     table = build_table(
-        runs, metric, row_keys=row_keys, reference=reference, paper=paper, tuning=tuning
+        runs,
+        metric,
+        row_keys=row_keys,
+        reference=reference,
+        paper=paper,
+        tuning=tuning,
+        row_settings=row_settings,
     )
     out_dir = Path(out_dir or root)
     write_atomic(out_dir / f"table_{metric}.md", to_markdown(table))
     write_atomic(out_dir / f"table_{metric}.csv", to_csv(table))
     if tuning is not None:
-        grid = build_table(runs, metric, row_keys=row_keys, reference=reference)
+        grid = build_table(
+            runs, metric, row_keys=row_keys, reference=reference, row_settings=row_settings
+        )
         write_atomic(out_dir / f"table_{metric}_grid.md", to_markdown(grid))
         write_atomic(out_dir / f"table_{metric}_grid.csv", to_csv(grid))
     plot_curves(tune_runs(runs, tuning)[0] if tuning else runs, table, out_dir)

@@ -129,10 +129,11 @@ def test_per_cell_settings_give_each_design_the_papers_size(tmp_path):
         ({"lstm": {"colour": 1}}, "per_cell: lstm: unknown parameters"),
         ({"lstm": {"lr": 0.1}}, "per_cell: lstm: 'lr' cannot be set per cell"),
         ({"lstm": 40}, "per_cell: lstm: needs a mapping"),
+        ({"lstm": {"seq_len": 10}}, "per_cell: lstm: 'seq_len' is varied over the grid"),
     ],
 )
 def test_bad_per_cell_settings_are_one_line(tmp_path, per_cell, message):
-    parameters = {**PAPER_SIZES, "lr": {"values": [0.1, 0.01]}}
+    parameters = {**PAPER_SIZES, "lr": {"values": [0.1, 0.01]}, "seq_len": {"values": [5, 10]}}
     with pytest.raises(ValueError, match=message):
         load_sweep(write_sweep(tmp_path / "s.yaml", parameters, per_cell=per_cell, vmap=["lr"]))
 
@@ -324,6 +325,26 @@ def test_runs_that_logged_bits_per_word_as_bpc_still_tabulate(tmp_path):
     table = build_table([run], "bits_per_token")
     entry = table.entries[(("gru",), ("copy",))]
     assert entry.mean == pytest.approx(0.6) and table.baselines[("copy",)] == 9.0
+
+
+def test_settings_a_design_sets_for_itself_stay_in_its_row(tmp_path):
+    """Arjovsky's copy: rnn_tanh sets hidden = 80 and size_like = None per cell, the others run
+    at size_like = lstm. That is the row's design, not a second column of each length."""
+    for cell, settings in [("rnn_tanh", {"size_like": None}), ("gru", {"size_like": "lstm"})]:
+        for seq_len in (10, 50):
+            fake_run(tmp_path, cell, seq_len, [0.1, 0.2])
+            config_file = tmp_path / f"{cell}-{seq_len}" / "config.json"
+            config = json.loads(config_file.read_text())
+            config["run"].update(settings)
+            config_file.write_text(json.dumps(config))
+    runs = load_runs(tmp_path)
+    split = build_table(runs, "loss")
+    assert split.column_keys == ["task", "seq_len", "size_like"] and len(split.columns) == 4
+    table = build_table(runs, "loss", row_settings=("size_like",))
+    assert table.column_keys == ["task", "seq_len"]
+    assert table.columns == [("copy", 10), ("copy", 50)]
+    assert all(e.values == [0.1, 0.2] for e in table.entries.values())
+    assert len(table.entries) == 4
 
 
 def test_table_writes_markdown_csv_and_plots(tmp_path):
