@@ -38,6 +38,8 @@ def write(run: Path, steps: int, path: str, data_dir: str | None) -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         train(config, Path(folder) / "run", wandb_mode="disabled", stop_after=steps)
+        # listed and restored here, not through gru_research's own helpers, which older commits
+        # may lack or define differently: this must run unchanged at every commit compared
         done = sorted(
             int(p.name) for p in (Path(folder) / "run/checkpoints").iterdir() if p.name.isdigit()
         )

@@ -538,9 +538,12 @@ def record_checksums(run_dir: Path, step: int) -> None:
 
 
 def record_elapsed(run_dir: Path, step: int, seconds: float) -> None:
-    """Add the seconds of training (every attempt's) that reached the checkpoint at ``step``."""
+    """Add the seconds of training (every attempt's) that reached the checkpoint at ``step``;
+    forget those orbax has since deleted."""
     path = run_dir / ELAPSED
-    write_json(path, (read_json(path) if path.exists() else {}) | {str(step): round(seconds, 2)})
+    existing = {str(s) for s in checkpoint_steps(run_dir)}
+    recorded = {k: v for k, v in (read_json(path) if path.exists() else {}).items() if k in existing}
+    write_json(path, recorded | {str(step): round(seconds, 2)})
 
 
 def elapsed_until(run_dir: Path, step: int) -> float:

@@ -78,6 +78,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     (run / "elapsed.json").write_text(json.dumps({"10": 1000.0}))  # a long first attempt
     resumed = train(config, run, wandb_mode="disabled")
     assert 1000.0 < resumed["wall_time_s"] < 1000.0 + elapsed["10"] + 600  # both attempts
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert sorted(json.loads((run / "elapsed.json").read_text())) == kept == ["20", "30"]
     for name, values in whole["final"].items():
         np.testing.assert_allclose(resumed["final"][name], values, rtol=1e-5, atol=1e-7)
     keys = [(r["step"], r["seed"], r["split"]) for r in read_metrics(run)]
