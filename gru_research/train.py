@@ -542,8 +542,9 @@ def record_elapsed(run_dir: Path, step: int, seconds: float) -> None:
     forget those orbax has since deleted."""
     path = run_dir / ELAPSED
     existing = {str(s) for s in checkpoint_steps(run_dir)}
-    recorded = {k: v for k, v in (read_json(path) if path.exists() else {}).items() if k in existing}
-    write_json(path, recorded | {str(step): round(seconds, 2)})
+    recorded = read_json(path) if path.exists() else {}
+    kept = {k: v for k, v in recorded.items() if k in existing}
+    write_json(path, kept | {str(step): round(seconds, 2)})
 
 
 def elapsed_until(run_dir: Path, step: int) -> float:
