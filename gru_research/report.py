@@ -59,9 +59,10 @@ from gru_research.tables import (
     tune_runs,
     write_table,
 )
-from gru_research.tracking import read_json, write_atomic
+from gru_research.tracking import file_at_commit, read_json, write_atomic
 
 Curves = dict[tuple, dict[tuple, tuple[np.ndarray, np.ndarray]]]
+PINS_FILE = "tests/output_pins.json"
 
 
 def mean_curve(curves: Curves, row: tuple, column: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -221,15 +222,40 @@ def check_claim(claim: dict, table: Table, curves: Curves | None = None) -> tupl
     return verdict(all(results)), "; ".join(evidence)
 
 
-def training_commits(runs: list) -> str:
+def attempt_commits(runs: list) -> Counter[str]:
     """Each commit that trained some of ``runs`` (every attempt of a resumed run counted), with
-    how many runs it trained: more than one means the run folders span commits."""
+    how many runs it trained."""
     counts: Counter[str] = Counter()
     for run in runs:
         saved = read_json(run.folder / "config.json")
         attempts = {a["git_commit"] for a in saved.get("attempts", [])}
-        counts.update(str(c)[:12] for c in attempts or {saved.get("git_commit") or "unrecorded"})
-    return ", ".join(f"`{commit}` ({n} runs)" for commit, n in sorted(counts.items()))
+        counts.update(str(c) for c in attempts or {saved.get("git_commit") or "unrecorded"})
+    return counts
+
+
+def training_commits(runs: list) -> str:
+    """The commits that trained ``runs`` and how many runs each: more than one commit means the
+    run folders span commits; then :func:`pins_line` says whether the numerics moved."""
+    counts = attempt_commits(runs)
+    return ", ".join(f"`{commit[:12]}` ({n} runs)" for commit, n in sorted(counts.items()))
+
+
+def pins_line(commits: Sequence[str]) -> str:
+    """Whether the output pins (float64 outputs and gradients of the main designs, pinned to
+    1e-12 by the tests) are the same file at every commit that trained the runs."""
+    pins = {c: file_at_commit(PINS_FILE, c.removesuffix("+dirty")) for c in commits}
+    unknown = [c[:12] for c, blob in pins.items() if blob is None]
+    dirty = [c[:12] for c in commits if c.endswith("+dirty")]
+    if unknown:
+        return f"output pins: not compared ({', '.join(unknown)}: not a commit of this checkout)"
+    versions = len(set(pins.values()))
+    same = (
+        f"the same at all {len(pins)} commits"
+        if versions == 1
+        else f"**{versions} different versions** across the {len(pins)} commits"
+    )
+    caveat = f" (with local changes at {', '.join(dirty)})" if dirty else ""
+    return f"output pins (`{PINS_FILE}`): {same}{caveat}"
 
 
 def sizes_line(sweep: dict) -> str:
@@ -317,6 +343,7 @@ def write_report(
         "points (each point's own run, resumed parts included)",
         f"points run: {points_run}",
         f"commits that trained the runs: {training_commits(runs)}",
+        pins_line(sorted(attempt_commits(runs))),
         f"seeds per point: {sweep.get('seeds', 1)} (vmapped)",
         sizes_line(sweep),
         f"varied: {', '.join(f'{k} ∈ {v}' for k, v in varied.items())}",

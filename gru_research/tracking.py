@@ -106,6 +106,22 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def file_at_commit(path: str, commit: str) -> str | None:
+    """The git object id of ``path`` (from the repository root) at ``commit``; None where the
+    checkout cannot tell (no git, an unknown commit, no such file)."""
+    here = Path(__file__).resolve().parent
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{commit}:{path}"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def package_version() -> str:
     return version("gru-research")
 

@@ -17,7 +17,7 @@ from small_runs import small_run, sweep_parameters
 
 from gru_research.config import TrainConfig
 from gru_research.model import model_param_count
-from gru_research.report import write_report
+from gru_research.report import PINS_FILE, pins_line, write_report
 from gru_research.sweep import (
     expand,
     export_wandb,
@@ -28,7 +28,7 @@ from gru_research.sweep import (
 )
 from gru_research.tables import build_table, load_runs, to_csv, to_markdown, write_table
 from gru_research.tasks import make_task
-from gru_research.tracking import offline_run_files, read_offline_history
+from gru_research.tracking import file_at_commit, offline_run_files, read_offline_history
 
 TINY = sweep_parameters(small_run(seq_len=8, steps=10, eval_batches=1))
 
@@ -411,6 +411,20 @@ def test_report_checks_claims_on_the_table(tmp_path):
     ]
     assert "git commit" in text and "wall time" in text and "![curves_" in text
     assert "commits that trained the runs: `unrecorded` (2 runs)" in text  # fake runs: no commit
+
+
+FIRST_PINS, RESEEDED_PINS = "eebd3a95d354206b15fb8a5de81d579faba1f5cc", "e27728151d9b7a2b22a19b"
+
+
+@pytest.mark.skipif(
+    file_at_commit(PINS_FILE, FIRST_PINS) is None, reason="needs the repository's git history"
+)
+def test_the_report_says_whether_the_output_pins_moved_between_training_commits():
+    # the pins were written at FIRST_PINS and changed next at RESEEDED_PINS
+    same = pins_line([FIRST_PINS, f"{RESEEDED_PINS}~1+dirty"])
+    assert same.endswith("the same at all 2 commits (with local changes at e27728151d9b)")
+    assert "**2 different versions** across the 2 commits" in pins_line([FIRST_PINS, RESEEDED_PINS])
+    assert "not compared (unrecorded: not a commit" in pins_line(["unrecorded", FIRST_PINS])
 
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
