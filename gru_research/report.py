@@ -243,6 +243,8 @@ def training_commits(runs: list) -> str:
 def pins_line(commits: Sequence[str]) -> str:
     """Whether the output pins (float64 outputs and gradients of the main designs, pinned to
     1e-12 by the tests) are the same file at every commit that trained the runs."""
+    if len(commits) == 1:
+        return f"output pins: nothing to compare (one commit, {commits[0][:12]})"
     pins = {c: file_at_commit(PINS_FILE, c.removesuffix("+dirty")) for c in commits}
     unknown = [c[:12] for c, blob in pins.items() if blob is None]
     dirty = [c[:12] for c in commits if c.endswith("+dirty")]

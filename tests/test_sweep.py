@@ -425,6 +425,7 @@ def test_the_report_says_whether_the_output_pins_moved_between_training_commits(
     assert same.endswith("the same at all 2 commits (with local changes at e27728151d9b)")
     assert "**2 different versions** across the 2 commits" in pins_line([FIRST_PINS, RESEEDED_PINS])
     assert "not compared (unrecorded: not a commit" in pins_line(["unrecorded", FIRST_PINS])
+    assert pins_line([FIRST_PINS]) == "output pins: nothing to compare (one commit, eebd3a95d354)"
 
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
