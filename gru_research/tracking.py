@@ -78,30 +78,28 @@ def check_output_folder(path: str | Path) -> None:
         ) from None
 
 
-def git_commit() -> str | None:
-    """The commit of the package's checkout, if any, with ``+dirty`` for local changes to
-    anything but ``results/`` (where a sweep writes its own folders as it runs)."""
-    here = Path(__file__).resolve().parent
+def _git(*args: str) -> str | None:
+    """The output of ``git ARGS`` in the package's checkout; None where git cannot answer."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [
-                "git",
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-                "--",
-                ":/",
-                ":(top,exclude)results",
-            ],
-            cwd=here,
+        return subprocess.run(
+            ["git", *args],
+            cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def git_commit() -> str | None:
+    """The commit of the package's checkout, if any, with ``+dirty`` for local changes to
+    anything but ``results/`` (where a sweep writes its own folders as it runs)."""
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git(
+        "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)results"
+    )
+    if commit is None or dirty is None:
         return None
     return commit + ("+dirty" if dirty else "")
 
@@ -109,17 +107,7 @@ def git_commit() -> str | None:
 def file_at_commit(path: str, commit: str) -> str | None:
     """The git object id of ``path`` (from the repository root) at ``commit``; None where the
     checkout cannot tell (no git, an unknown commit, no such file)."""
-    here = Path(__file__).resolve().parent
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--verify", "--quiet", f"{commit}:{path}"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    return _git("rev-parse", "--verify", "--quiet", f"{commit}:{path}")
 
 
 def package_version() -> str:
