@@ -233,10 +233,10 @@ def attempt_commits(runs: list) -> Counter[str]:
     return counts
 
 
-def training_commits(runs: list) -> str:
-    """The commits that trained ``runs`` and how many runs each: more than one commit means the
-    run folders span commits; then :func:`pins_line` says whether the numerics moved."""
-    counts = attempt_commits(runs)
+def training_commits(counts: Counter[str]) -> str:
+    """The commits that trained the runs and how many runs each (``counts`` from
+    :func:`attempt_commits`): more than one commit means the run folders span commits; then
+    :func:`pins_line` says whether the numerics moved."""
     return ", ".join(f"`{commit[:12]}` ({n} runs)" for commit, n in sorted(counts.items()))
 
 
@@ -336,6 +336,7 @@ def write_report(
         if wall_time_s is None
         else f"{wall_time_s / 60:.1f} min for this invocation of the sweep"
     )
+    commits = attempt_commits(runs)
     lines = report_header(
         sweep.get("name", out.name),
         sweep.get("description", ""),
@@ -344,8 +345,8 @@ def write_report(
         f"{sum(t.total_seconds for t in tables[:1]) / 60:.1f} min of training summed over its "
         "points (each point's own run, resumed parts included)",
         f"points run: {points_run}",
-        f"commits that trained the runs: {training_commits(runs)}",
-        pins_line(sorted(attempt_commits(runs))),
+        f"commits that trained the runs: {training_commits(commits)}",
+        pins_line(sorted(commits)),
         f"seeds per point: {sweep.get('seeds', 1)} (vmapped)",
         sizes_line(sweep),
         f"varied: {', '.join(f'{k} ∈ {v}' for k, v in varied.items())}",
