@@ -529,10 +529,15 @@ def _recorded_checksums(run_dir: Path) -> dict[str, dict[str, str]]:
     return read_json(path) if path.exists() else {}
 
 
+def _kept(run_dir: Path, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``recorded`` (keyed by step) whose checkpoint orbax has not deleted."""
+    existing = {str(s) for s in checkpoint_steps(run_dir)}
+    return {k: v for k, v in recorded.items() if k in existing}
+
+
 def record_checksums(run_dir: Path, step: int) -> None:
     """Add the checkpoint just saved at ``step``; forget those orbax has since deleted."""
-    existing = {str(s) for s in checkpoint_steps(run_dir)}
-    recorded = {k: v for k, v in _recorded_checksums(run_dir).items() if k in existing}
+    recorded = _kept(run_dir, _recorded_checksums(run_dir))
     recorded[str(step)] = checkpoint_digests(run_dir / "checkpoints" / str(step))
     write_json(run_dir / CHECKSUMS, recorded)
 
@@ -541,10 +546,8 @@ def record_elapsed(run_dir: Path, step: int, seconds: float) -> None:
     """Add the seconds of training (every attempt's) that reached the checkpoint at ``step``;
     forget those orbax has since deleted."""
     path = run_dir / ELAPSED
-    existing = {str(s) for s in checkpoint_steps(run_dir)}
-    recorded = read_json(path) if path.exists() else {}
-    kept = {k: v for k, v in recorded.items() if k in existing}
-    write_json(path, kept | {str(step): round(seconds, 2)})
+    recorded = _kept(run_dir, read_json(path) if path.exists() else {})
+    write_json(path, recorded | {str(step): round(seconds, 2)})
 
 
 def elapsed_until(run_dir: Path, step: int) -> float:
