@@ -222,6 +222,11 @@ def check_claim(claim: dict, table: Table, curves: Curves | None = None) -> tupl
     return verdict(all(results)), "; ".join(evidence)
 
 
+def how_many(n: int, noun: str) -> str:
+    """``n`` and ``noun``, in the plural unless ``n`` is 1: "1 run", "2 runs"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def attempt_commits(runs: list) -> Counter[str]:
     """Each commit that trained some of ``runs`` (every attempt of a resumed run counted), with
     how many runs it trained."""
@@ -237,7 +242,9 @@ def training_commits(counts: Counter[str]) -> str:
     """The commits that trained the runs and how many runs each (``counts`` from
     :func:`attempt_commits`): more than one commit means the run folders span commits; then
     :func:`pins_line` says whether the numerics moved."""
-    return ", ".join(f"`{commit[:12]}` ({n} runs)" for commit, n in sorted(counts.items()))
+    return ", ".join(
+        f"`{commit[:12]}` ({how_many(n, 'run')})" for commit, n in sorted(counts.items())
+    )
 
 
 def pins_line(commits: Sequence[str]) -> str:
@@ -357,7 +364,7 @@ def write_report(
     if unfinished:
         lines += [
             "",
-            f"**Unfinished.** {len(unfinished)} points are not trained yet: "
+            f"**Unfinished.** {how_many(len(unfinished), 'point')} not trained yet: "
             f"{'; '.join(unfinished)}. The tables, curves and claims below cover the finished "
             "points only; rerunning the sweep's command trains the rest.",
         ]

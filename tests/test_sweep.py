@@ -181,7 +181,7 @@ def test_a_report_of_the_points_finished_so_far_names_the_rest(tmp_path, capsys)
     assert cli.main(["sweep", str(path), "--out", str(out), "--report-only"]) == 0
     assert sorted(p.name for p in (out / "runs").iterdir()) == before  # nothing trained
     text = (out / "report.md").read_text()
-    assert "**Unfinished.** 1 points are not trained yet: cell=min_gru." in text
+    assert "**Unfinished.** 1 point not trained yet: cell=min_gru." in text
     assert "--report-only" in text and "| gru |" in text and "| min_gru |" not in text
     assert "wall time: nothing trained in this invocation (a report only);" in text
     capsys.readouterr()
