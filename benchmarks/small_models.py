@@ -24,6 +24,7 @@ from common import Reading, Target
 
 from gru_research import bench
 from gru_research.bench import RegimeTiming
+from gru_research.reporting import how_many
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = ("gru", "lstm")
@@ -191,7 +192,7 @@ def targets(m: SmallModels) -> list[tuple[Target, Reading]]:
     for loop in m.loops:
         text = (
             f"{loop.regime}: the training loop's step over the bench step ({loop.cell}, "
-            f"{loop.seeds} seed{'s' if loop.seeds > 1 else ''})"
+            f"{how_many(loop.seeds, 'seed')})"
         )
         pairs.append((Target(text, LOOP_GOAL, at_most=True), Reading(loop.loop_s / loop.bench_s)))
     return pairs

@@ -31,6 +31,7 @@ import optax
 
 from gru_research.gates import GateDesign
 from gru_research.model import ModelConfig, apply_model, init_model, init_population, seed_keys
+from gru_research.reporting import how_many
 
 Array = jax.Array
 
@@ -811,7 +812,7 @@ def training_loop_step(
         holder["state"], metrics = compiled(holder["state"], task.data, jnp.int32(0))
         jax.block_until_ready(metrics)
 
-    name = f"gru-research train's step ({cell}, {seeds} seed{'s' if seeds > 1 else ''}"
+    name = f"gru-research train's step ({cell}, {how_many(seeds, 'seed')}"
     name += f", {len(values)} values vmapped)" if values else ")"
     return Step(name, run, compile_s / LOOP_CHUNK, compiled_bytes(compiled))
 

@@ -41,6 +41,7 @@ from gru_research.reporting import (
     CHECKS,
     CURVE_CHECKS,
     claims_table,
+    how_many,
     markdown_table,
     report_header,
     verdict,
@@ -220,11 +221,6 @@ def check_claim(claim: dict, table: Table, curves: Curves | None = None) -> tupl
         results.append(ok)
         evidence.append(f"{name}: {note}")
     return verdict(all(results)), "; ".join(evidence)
-
-
-def how_many(n: int, noun: str) -> str:
-    """``n`` and ``noun``, in the plural unless ``n`` is 1: "1 run", "2 runs"."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def attempt_commits(runs: list) -> Counter[str]:

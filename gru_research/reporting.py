@@ -103,6 +103,11 @@ def format_number(value) -> str:
     return str(value)
 
 
+def how_many(n: int, noun: str) -> str:
+    """``n`` and ``noun``, in the plural unless ``n`` is 1: "1 run", "2 runs"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def markdown_table(
     rows: Sequence[Mapping], columns: Sequence[str] | None = None, align: str = "---"
 ) -> str:
