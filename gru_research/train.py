@@ -524,8 +524,9 @@ def checkpoint_digests(step_dir: Path) -> dict[str, str]:
     }
 
 
-def _recorded_checksums(run_dir: Path) -> dict[str, dict[str, str]]:
-    path = run_dir / CHECKSUMS
+def _read_record(run_dir: Path, name: str) -> dict[str, Any]:
+    """``RUN/name``, a record keyed by checkpoint step; {} where none was written yet."""
+    path = run_dir / name
     return read_json(path) if path.exists() else {}
 
 
@@ -537,7 +538,7 @@ def _kept(run_dir: Path, recorded: dict[str, Any]) -> dict[str, Any]:
 
 def record_checksums(run_dir: Path, step: int) -> None:
     """Add the checkpoint just saved at ``step``; forget those orbax has since deleted."""
-    recorded = _kept(run_dir, _recorded_checksums(run_dir))
+    recorded = _kept(run_dir, _read_record(run_dir, CHECKSUMS))
     recorded[str(step)] = checkpoint_digests(run_dir / "checkpoints" / str(step))
     write_json(run_dir / CHECKSUMS, recorded)
 
@@ -545,21 +546,19 @@ def record_checksums(run_dir: Path, step: int) -> None:
 def record_elapsed(run_dir: Path, step: int, seconds: float) -> None:
     """Add the seconds of training (every attempt's) that reached the checkpoint at ``step``;
     forget those orbax has since deleted."""
-    path = run_dir / ELAPSED
-    recorded = _kept(run_dir, read_json(path) if path.exists() else {})
-    write_json(path, recorded | {str(step): round(seconds, 2)})
+    recorded = _kept(run_dir, _read_record(run_dir, ELAPSED))
+    write_json(run_dir / ELAPSED, recorded | {str(step): round(seconds, 2)})
 
 
 def elapsed_until(run_dir: Path, step: int) -> float:
     """The seconds of training recorded at the checkpoint of ``step`` (0 for a fresh run or a
     checkpoint saved before these were recorded)."""
-    path = run_dir / ELAPSED
-    return float(read_json(path).get(str(step), 0.0)) if step and path.exists() else 0.0
+    return float(_read_record(run_dir, ELAPSED).get(str(step), 0.0)) if step else 0.0
 
 
 def checkpoint_fault(run_dir: Path, step: int) -> str | None:
     """Why the checkpoint at ``step`` cannot be trusted, or None when every file matches."""
-    expected = _recorded_checksums(run_dir).get(str(step))
+    expected = _read_record(run_dir, CHECKSUMS).get(str(step))
     if expected is None:
         return "no checksum recorded"
     actual = checkpoint_digests(run_dir / "checkpoints" / str(step))
